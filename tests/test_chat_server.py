@@ -271,7 +271,11 @@ def test_concurrent_clients_lose_and_duplicate_nothing(server: ChatServer) -> No
     with Connection("127.0.0.1", port) as c:
         for i in range(4):
             received[f"u{i}"].extend(texts(c, f"u{i}"))
-        assert c.get("/_stats").json() == {"messages": 404, "classes": {"ChMessage": 404}}
+        assert c.get("/_stats").json() == {
+            "messages": 404,
+            "classes": {"ChMessage": 404},
+            "senderless": {"ChMessage": 4},
+        }
     expected = sorted(f"{i}-{k}" for i in range(4) for k in range(100))
     for user, got in received.items():
         assert sorted(got) == expected, user
@@ -298,10 +302,11 @@ def test_seed_creates_users_rooms_memberships_and_messages(conn: Connection) -> 
     assert conn.get("/user/user1").json()["pendingMessages"] == 64
 
 
-def test_server_and_seed_as_commands(tmp_path: Path) -> None:
+@pytest.mark.parametrize("launch", [["-m", "chat.server"], [str(CHAT_DIR / "app.py")]])
+def test_server_and_seed_as_commands(launch: list[str]) -> None:
     env = {**os.environ, "PYTHONPATH": str(CHAT_DIR)}
     server = subprocess.Popen(
-        [sys.executable, "-m", "chat.server", "--port", "0", "--stats"],
+        [sys.executable, *launch, "--port", "0", "--stats"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

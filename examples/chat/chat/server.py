@@ -69,8 +69,11 @@ def _post(chat: Chat, req: Request) -> Reply:
 
 
 def _stats(chat: Chat, req: Request) -> Reply:
-    classes = collections.Counter(type(message).__name__ for message in chat.messages())
-    return 200, {"messages": sum(classes.values()), "classes": dict(classes)}
+    """How many messages of each class, and of each class how many have no sender."""
+    messages = chat.messages()
+    classes = collections.Counter(type(m).__name__ for m in messages)
+    senderless = collections.Counter(type(m).__name__ for m in messages if m.sender is None)
+    return 200, {"messages": len(messages), "classes": classes, "senderless": senderless}
 
 
 # (method, path pattern) -> route; "*" matches one path segment and becomes an argument.
