@@ -1,0 +1,102 @@
+"""Talking to a supervisor: send one request, receive its replies until the final one.
+
+Every wait has a deadline: the supervisor acknowledges each request at once, so silence after
+`connect_timeout` means nobody is listening (or the CURVE handshake was refused); after that,
+`idle_timeout` bounds the gap between two replies.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from types import TracebackType
+
+import zmq
+
+from . import protocol
+from .errors import GdsuError
+
+OnEvent = Callable[[protocol.Message], None]
+
+
+class ConnectionFailed(GdsuError, ConnectionError):
+    """No valid answer came from the endpoint in time."""
+
+
+def new_id() -> str:
+    """A fresh request id."""
+    return uuid.uuid4().hex
+
+
+class Client:
+    """A DEALER connection to one control endpoint; use as a context manager."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        curve_keys: str | os.PathLike[str] | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.endpoint = endpoint
+        self.connect_timeout = connect_timeout
+        self._context = zmq.Context()
+        self.socket = self._context.socket(zmq.DEALER)
+        self.socket.linger = 0
+        if curve_keys is not None:
+            from supervisor.security import arm_client
+
+            arm_client(self.socket, curve_keys)
+        self.socket.connect(endpoint)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the socket and its context."""
+        self.socket.close(linger=0)
+        self._context.term()
+
+    def request(
+        self,
+        message: protocol.Message,
+        *,
+        idle_timeout: float = 60.0,
+        on_event: OnEvent | None = None,
+    ) -> protocol.Message:
+        """Send `message`; pass each intermediate reply to `on_event`; return the final reply."""
+        self.socket.send(protocol.encode(message))
+        timeout, first = self.connect_timeout, True
+        while True:
+            if not self.socket.poll(int(timeout * 1000), zmq.POLLIN):
+                raise ConnectionFailed(self._silence(timeout, first=first))
+            try:
+                reply = protocol.decode(self.socket.recv(), max_bytes=2**31)
+            except protocol.ProtocolError as exc:
+                msg = f"{self.endpoint} answered with something that is not a gdsu message: {exc}"
+                raise ConnectionFailed(msg) from exc
+            if reply.id not in (message.id, ""):
+                continue  # a late reply to an earlier request
+            if reply.kind in protocol.FINAL_KINDS:
+                return reply
+            if on_event is not None:
+                on_event(reply)
+            timeout, first = idle_timeout, False
+
+    def _silence(self, timeout: float, *, first: bool) -> str:
+        if first:
+            return (
+                f"no answer from {self.endpoint} within {timeout:g} s: no gdsu-supervise listens "
+                "there, or it refused this client (another user, or a CURVE key it does not "
+                "accept); check `gdsu-fork list` and --curve-keys"
+            )
+        return f"{self.endpoint} went silent for {timeout:g} s in the middle of the request"

@@ -1,0 +1,2 @@
+def greet(path):
+    return "v1 " + path

@@ -1,0 +1,46 @@
+"""A small threaded HTTP app for supervisor tests: GET / answers greeting.greet(path).
+
+Usage: server.py PORTFILE. Writes the port it listens on to PORTFILE once ready. GET /crash exits
+with status 3 (a crash, for restart tests); SIGTERM shuts the server down and exits 0.
+"""
+
+import os
+import signal
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import greeting
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        if self.path == "/crash":
+            os._exit(3)
+        body = greeting.greet(self.path).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):
+        pass
+
+
+def main():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    tmp = sys.argv[1] + ".tmp"
+    with open(tmp, "w") as out:
+        out.write(str(server.server_address[1]))
+    os.replace(tmp, sys.argv[1])
+    print("serving", flush=True)
+    server.serve_forever()
+    print("bye", flush=True)
+
+
+if __name__ == "__main__":
+    main()
