@@ -731,8 +731,8 @@ def module_name(relative: PurePosixPath, is_package: Callable[[PurePosixPath], b
     return name
 
 
-def _read_source(path: Path) -> str:
-    # tokenize.open honours PEP 263 coding cookies, as the import system does.
+def read_source(path: Path) -> str:
+    """A source file's text, decoded as the import system would (PEP 263 coding cookies)."""
     with tokenize.open(path) as f:
         return f.read()
 
@@ -833,7 +833,7 @@ def diff_paths(
             msg = f"{new_path}: lies outside the root {root}; pass a --root that contains it"
             raise PatchError(msg) from None
         name = module_name(rel, lambda d: True)
-        versions = {name: (_read_source(old_path), _read_source(new_path))}
+        versions = {name: (read_source(old_path), read_source(new_path))}
         return diff_sources(versions, paths={name: new_path.name}, title=title)
     old_files, new_files = python_files(old_path), python_files(new_path)
     packages = {f.parent for f in [*old_files, *new_files] if f.name == "__init__.py"}
@@ -847,8 +847,8 @@ def diff_paths(
         if name is None:
             continue
         versions[name] = (
-            _read_source(old_files[rel]) if rel in old_files else None,
-            _read_source(new_files[rel]) if rel in new_files else None,
+            read_source(old_files[rel]) if rel in old_files else None,
+            read_source(new_files[rel]) if rel in new_files else None,
         )
         paths[name] = str(rel)
     return diff_sources(versions, paths=paths, title=title)

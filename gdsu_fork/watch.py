@@ -1,0 +1,295 @@
+"""Live programming: every save of a watched source file becomes an update of the running program.
+
+The watcher keeps the last applied version of each file. A save is read only once the editor has
+finished it: on Linux, when the file is closed after writing (IN_CLOSE_WRITE) or renamed into place
+(write-temp-then-rename saves), so a half-written file is never read and no long debounce is needed;
+elsewhere, after a short quiet period. Saves that arrive together (an editor's "save all") are
+gathered into one patch. A file that does not compile yet is waited on. Each batch becomes a patch
+from the last applied version to the saved one (`diff.diff_sources`), handed to the `apply` callable
+(the supervisor's normal pipeline: rehearsal, safe point, commit). A failed update leaves the last
+applied version in place, so the next save is diffed against the last good version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import queue
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path, PurePosixPath
+
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+from .diff import GeneratedPatch, diff_sources, module_name, python_files, read_source
+from .errors import GdsuError
+from .report import Report
+
+# Linux reports the end of a write (IN_CLOSE_WRITE); other platforms only report modifications,
+# so there a save is taken once no event came for `_QUIET_WITHOUT_CLOSE` seconds.
+_HAS_CLOSE_EVENTS = sys.platform.startswith("linux")
+_QUIET_WITHOUT_CLOSE = 0.05
+# Under a continuous stream of saves, a batch is cut after this long so updates keep flowing.
+_MAX_GATHER = 0.5
+_STOP = object()
+
+ApplyFn = Callable[[Path], Report]
+
+
+@dataclasses.dataclass(frozen=True)
+class SaveResult:
+    """What one save (or one burst of saves) did; `line()` is what the developer sees."""
+
+    files: tuple[str, ...]
+    summary: str = ""
+    report: Report | None = None
+    error: str | None = None
+    waiting: bool = False
+    show_reason: bool = True
+
+    @property
+    def committed(self) -> bool:
+        """True when the save took effect in the running program."""
+        return self.report is not None and self.report.committed
+
+    @property
+    def reason(self) -> str | None:
+        """Why the save did not take effect (None when it did, or had nothing to apply)."""
+        if self.error is not None:
+            return self.error
+        return self.report.reason if self.report is not None else None
+
+    def line(self) -> str:
+        """One line per save, followed by the full reason the first time that reason is seen."""
+        head = f"watch: {', '.join(self.files)}: "
+        if self.report is None:
+            text = head + (self.summary or "") + (self.error or "")
+            return text
+        pause = self.report.timings.get("pause", 0.0)
+        text = f"{head}{self.summary} -> {self.report.outcome}, pause {pause:.1f} ms"
+        if self.report.committed:
+            return text
+        reason = (self.report.reason or "no reason given").strip()
+        first = reason.splitlines()[-1] if reason else ""
+        text += f": {first}"
+        if self.show_reason and "\n" in reason:
+            text += "\n" + "\n".join(f"    {line}" for line in reason.splitlines())
+        return text
+
+
+def _print_line(result: SaveResult) -> None:
+    print(result.line(), file=sys.stderr, flush=True)
+
+
+class _Events(FileSystemEventHandler):
+    """Turns watchdog events into "this file was saved" notices on a queue."""
+
+    def __init__(self, notices: queue.SimpleQueue[object]) -> None:
+        self.notices = notices
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileMovedEvent):
+            path = event.dest_path
+        elif isinstance(event, FileClosedEvent) or (
+            not _HAS_CLOSE_EVENTS and isinstance(event, FileCreatedEvent | FileModifiedEvent)
+        ):
+            path = event.src_path
+        else:
+            return
+        path = path.decode() if isinstance(path, bytes) else path
+        if path.endswith(".py"):
+            self.notices.put(Path(path))
+
+
+class Watcher:
+    """Watches source directories and applies each save to the running program.
+
+    `apply(patch_path) -> Report` runs the update (in the supervisor: the normal pipeline).
+    `root` is the directory on `sys.path` when the package layout is ambiguous; `names` maps
+    files to module names that the layout cannot give (the main script is `__main__`).
+    `on_result` receives one `SaveResult` per save (default: its line on stderr).
+    """
+
+    def __init__(
+        self,
+        dirs: Iterable[str | Path],
+        apply: ApplyFn,
+        *,
+        root: str | Path | None = None,
+        names: Mapping[str | Path, str] | None = None,
+        on_result: Callable[[SaveResult], None] = _print_line,
+        debounce: float = 0.005,
+        patch_dir: str | Path | None = None,
+    ) -> None:
+        self.dirs = [Path(d).resolve() for d in dirs]
+        for d in self.dirs:
+            if not d.is_dir():
+                msg = f"--watch {d}: not a directory; give the source directory of the program"
+                raise GdsuError(msg)
+        self.apply = apply
+        self.root = Path(root).resolve() if root is not None else None
+        self.names = {Path(p).resolve(): n for p, n in (names or {}).items()}
+        self.on_result = on_result
+        self.debounce = debounce if _HAS_CLOSE_EVENTS else max(debounce, _QUIET_WITHOUT_CLOSE)
+        self._own_patch_dir = patch_dir is None
+        self.patch_dir = Path(patch_dir or tempfile.mkdtemp(prefix="gdsu-watch-"))
+        self.patch_dir.mkdir(parents=True, exist_ok=True)
+        self._applied: dict[Path, str] = {}
+        self._pending: set[Path] = set()
+        self._last_reason: str | None = None
+        self._count = 0
+        self._notices: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._observer = Observer()
+        self._worker = threading.Thread(target=self._run, name="gdsu-watch", daemon=True)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Record the current sources as the running version and start watching."""
+        for d in self.dirs:
+            for path in python_files(d).values():
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    self._applied[path.resolve()] = read_source(path)
+        handler = _Events(self._notices)
+        for d in self.dirs:
+            self._observer.schedule(handler, str(d), recursive=True)
+        self._observer.start()
+        self._worker.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop watching; a save being applied finishes first (bounded by `timeout`)."""
+        self._observer.stop()
+        self._notices.put(_STOP)
+        self._observer.join(timeout)
+        if self._worker.is_alive():
+            self._worker.join(timeout)
+        if self._own_patch_dir:
+            shutil.rmtree(self.patch_dir, ignore_errors=True)
+
+    def __enter__(self) -> Watcher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def applied_source(self, path: str | Path) -> str | None:
+        """The last applied version of a file (what the running program runs), or None."""
+        return self._applied.get(Path(path).resolve())
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            first = self._notices.get()
+            if first is _STOP:
+                return
+            batch = {first}
+            # Gather a burst: a multi-file save arrives as several notices a few ms apart.
+            cut = time.monotonic() + _MAX_GATHER
+            while time.monotonic() < cut:
+                try:
+                    more = self._notices.get(timeout=self.debounce)
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    self._handle(batch)  # type: ignore[arg-type]
+                    return
+                batch.add(more)
+            try:
+                result = self._handle(batch)  # type: ignore[arg-type]
+            except Exception as exc:  # the loop must survive anything one save does
+                result = SaveResult(self._display(batch), error=f"internal error: {exc!r}")
+            if result is not None:
+                self.on_result(result)
+
+    def _display(self, paths: Iterable[Path]) -> tuple[str, ...]:
+        return tuple(sorted(self._relative(p) for p in paths))
+
+    def _relative(self, path: Path) -> str:
+        for d in self.dirs:
+            if path.is_relative_to(d):
+                return str(path.relative_to(d))
+        return str(path)
+
+    def _name(self, path: Path) -> str:
+        if path in self.names:
+            return self.names[path]
+        if self.root is not None:
+            return module_name(PurePosixPath(path.relative_to(self.root).as_posix()), bool)
+        folder = path.parent
+        while (folder / "__init__.py").exists() and folder.parent != folder:
+            folder = folder.parent
+        return module_name(PurePosixPath(path.relative_to(folder).as_posix()), bool)
+
+    def _handle(self, batch: set[Path]) -> SaveResult | None:
+        saved = {p.resolve() for p in batch}
+        self._pending |= saved
+        current: dict[Path, str] = {}
+        for path in sorted(self._pending):
+            try:
+                current[path] = read_source(path)
+            except (OSError, UnicodeDecodeError):
+                continue  # deleted or moved away since: nothing to apply for it
+        fresh = [p for p in current if p not in self._applied]
+        for path in fresh:
+            # A file the program has not loaded yet: it imports it from disk when it wants it.
+            self._applied[path] = current.pop(path)
+        changed = {p: s for p, s in current.items() if s != self._applied[p]}
+        self._pending = set(changed)
+        files = self._display(saved)
+        if not changed:
+            summary = "new file, recorded as loaded from disk" if fresh else "no change"
+            return SaveResult(files, summary=summary)
+        for path, source in changed.items():
+            try:
+                compile(source, str(path), "exec", dont_inherit=True)
+            except SyntaxError as exc:
+                problem = f"line {exc.lineno}: {exc.msg}"
+            except ValueError as exc:  # e.g. a NUL byte in the file
+                problem = str(exc)
+            else:
+                continue
+            name = self._relative(path)
+            msg = f"{name} does not compile yet ({problem}); waiting for the next save"
+            return SaveResult(files, error=msg, waiting=True)
+        try:
+            generated = self._generate(changed)
+        except GdsuError as exc:
+            return SaveResult(files, error=str(exc))
+        self._count += 1
+        patch_path = generated.write(self.patch_dir / f"save-{self._count:04d}.py")
+        try:
+            report = self.apply(patch_path)
+        except Exception as exc:  # a broken connection must not end live programming
+            return SaveResult(files, summary=generated.summary(), error=f"not applied: {exc}")
+        show = report.reason != self._last_reason
+        self._last_reason = report.reason
+        if report.committed:
+            self._applied.update(changed)
+            self._pending.clear()
+        return SaveResult(
+            self._display(changed), summary=generated.summary(), report=report, show_reason=show
+        )
+
+    def _generate(self, changed: Mapping[Path, str]) -> GeneratedPatch:
+        versions: dict[str, tuple[str | None, str | None]] = {}
+        paths: dict[str, str] = {}
+        for path, source in changed.items():
+            name = self._name(path)
+            versions[name] = (self._applied[path], source)
+            paths[name] = self._relative(path)
+        title = f"watch: {', '.join(sorted(paths.values()))}"
+        return diff_sources(versions, paths=paths, title=title)
