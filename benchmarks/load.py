@@ -1,0 +1,218 @@
+"""The paper's server experiment: the chat under load, updated v1 -> v2 in the middle of it.
+
+Ten keep-alive clients run rounds of GET /user/userN, 50 POSTs to one random room and a fetch of
+userN's pending messages for `--duration` seconds; at `--update-at` the server is updated with
+`gdsu-fork update` (it runs under `gdsu-supervise`). Per second: requests, mean and max latency,
+errors. Afterwards every message must have reached every member of its room exactly once and
+have the class its state implies. Writes benchmarks/results/<name>.json and .png, prints a table.
+
+    python benchmarks/load.py            # 120 s, update at 60 s, 28,500 seeded messages
+    python benchmarks/load.py --quick    # a short run for CI
+    python benchmarks/load.py --updater none   # baseline without supervisor or update
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import chatbench as cb
+
+Updater = Callable[[cb.ServerProcess, Path, float], dict[str, Any]]
+"""Updates the running server with a patch file (timeout in s); returns the report as a dict."""
+
+
+def cli_update(server: cb.ServerProcess, patch: Path, timeout: float) -> dict[str, Any]:
+    """`gdsu-fork update PATCH --name NAME --json`: the report it prints, and its exit status."""
+    command = [str(Path(sys.executable).parent / "gdsu-fork"), "update", str(patch)]
+    command += ["--name", str(server.name), "--timeout", str(timeout), "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 120)
+    report: dict[str, Any] = {"exit_status": done.returncode}
+    for line in reversed(done.stdout.splitlines()):
+        try:
+            parsed = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(parsed, dict) and "outcome" in parsed:
+            report.update(parsed)
+            break
+    else:
+        report.update(outcome="unknown", stdout=done.stdout[-2000:], stderr=done.stderr[-2000:])
+    return report
+
+
+def no_update(server: cb.ServerProcess, patch: Path, timeout: float) -> dict[str, Any]:
+    """The baseline: leave the server alone."""
+    return {"outcome": "skipped"}
+
+
+UPDATERS: dict[str, Updater] = {"cli": cli_update, "none": no_update}
+
+# The message classes each patch leaves behind when it commits: (with sender, without sender).
+CLASSES_AFTER = {
+    "v1_to_v2.py": ("ChUserMessage", "ChInfoMessage"),
+    "v2_to_v1.py": ("ChMessage", "ChMessage"),
+}
+V1_CLASSES = ("ChMessage", "ChMessage")
+
+
+def check_classes(stats: dict[str, Any], expected: tuple[str, str]) -> dict[str, Any]:
+    """Whether every message has the class its sender (or lack of one) calls for."""
+    user_cls, info_cls = expected
+    senderless = sum(stats["senderless"].values())
+    want: dict[str, int] = {}
+    for cls, n in ((user_cls, stats["messages"] - senderless), (info_cls, senderless)):
+        if n:
+            want[cls] = want.get(cls, 0) + n
+    want_senderless = {info_cls: senderless} if senderless else {}
+    ok = stats["classes"] == want and stats["senderless"] == want_senderless
+    return {"ok": ok, "expected": want, "found": stats["classes"], "senderless": senderless}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the experiment; everything measured, as a JSON-ready dict."""
+    updater = UPDATERS[args.updater]
+    supervised = args.updater != "none"
+    update: dict[str, Any] = {}
+    live: dict[str, Any] = {}
+    with cb.open_server(supervised=supervised) as server:
+        cb.prepare(server.url, args.messages)
+
+        def during(t0: float) -> None:
+            # Sleeping to a point of the schedule, not waiting for an event.
+            time.sleep(max(0.0, t0 + args.update_at - 1.0 - time.monotonic()))
+            live.update(cb.stats(server.url))
+            time.sleep(max(0.0, t0 + args.update_at - time.monotonic()))
+            began = time.monotonic()
+            update["report"] = updater(server, args.patch, args.timeout)
+            update["start_s"] = round(began - t0, 3)
+            update["end_s"] = round(time.monotonic() - t0, 3)
+
+        results, _ = cb.run_load(
+            server.url, clients=args.clients, duration=args.duration, during=during, rate=args.rate
+        )
+        final = cb.stats(server.url)
+        rest = cb.fetch_rest(server.url)
+        alive = server.proc.poll() is None
+    rows = cb.per_second(results)
+    delivery = cb.verify_delivery(results, rest)
+    committed = update.get("report", {}).get("outcome") == "committed"
+    expected = CLASSES_AFTER.get(args.patch.name, V1_CLASSES) if committed else V1_CLASSES
+    classes = check_classes(final, expected)
+    announcements = 2 * cb.USERS  # each user's entry into each of its two rooms
+    count_ok = final["messages"] == args.messages + announcements + delivery["posted"]
+    window = range(int(update.get("start_s", -1)), int(update.get("end_s", -1)) + 1)
+    in_window = [r for r in rows if r["second"] in window]
+    outside = [r for r in rows if r["second"] not in window]
+    total_requests = sum(r["requests"] for r in rows)
+    summary = {
+        "requests": total_requests,
+        "requests_per_s": round(total_requests / args.duration, 1),
+        "errors": sum(r["errors"] for r in rows),
+        "live_messages_at_update": live.get("messages"),
+        "update_max_ms": max((r["max_ms"] for r in in_window), default=None),
+        "outside_mean_ms": round(
+            sum(r["mean_ms"] * r["requests"] for r in outside)
+            / max(sum(r["requests"] for r in outside), 1),
+            3,
+        ),
+        "outside_max_ms": max((r["max_ms"] for r in outside), default=None),
+        "delivery": delivery,
+        "classes": classes,
+        "message_count_ok": count_ok,
+        "server_alive": alive,
+    }
+    summary["ok"] = bool(
+        summary["errors"] == 0
+        and delivery["lost"] == delivery["duplicated"] == delivery["unexpected"] == 0
+        and classes["ok"]
+        and count_ok
+        and alive
+    )
+    return {
+        "benchmark": "load",
+        "config": {
+            "duration_s": args.duration,
+            "update_at_s": args.update_at,
+            "clients": args.clients,
+            "seeded_messages": args.messages,
+            "patch": args.patch.name,
+            "updater": args.updater,
+            "rate_cap": args.rate,
+            "python": sys.version.split()[0],
+        },
+        "update": update,
+        "summary": summary,
+        "per_second": rows,
+        "error_samples": [e for r in results for e in r.error_samples][:20],
+    }
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    """Requests per second and latency per second, the update window shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = data["per_second"]
+    seconds = [r["second"] for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
+    top.plot(seconds, [r["requests"] for r in rows], color="tab:blue")
+    top.set_ylabel("requests / s")
+    bottom.plot(seconds, [r["mean_ms"] for r in rows], label="mean", color="tab:green")
+    bottom.plot(seconds, [r["max_ms"] for r in rows], label="max", color="tab:red")
+    bottom.set_yscale("log")
+    bottom.set_ylabel("latency (ms)")
+    bottom.set_xlabel("time (s)")
+    bottom.legend()
+    update = data["update"]
+    if "start_s" in update:
+        for ax in (top, bottom):
+            ax.axvspan(update["start_s"], max(update["end_s"], update["start_s"] + 0.2), alpha=0.3)
+    outcome = update.get("report", {}).get("outcome", "no update")
+    fig.suptitle(f"chat under load, {data['config']['patch']} ({outcome})")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run, write JSON and PNG, print the table; 1 if a check failed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="8 s, update at 4 s, 2,000 messages")
+    parser.add_argument("--duration", type=float, default=120.0)
+    parser.add_argument("--update-at", type=float, default=60.0)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--messages", type=int, default=28_500, help="messages seeded first")
+    parser.add_argument("--patch", type=Path, default=cb.PATCHES / "v1_to_v2.py")
+    parser.add_argument("--timeout", type=float, default=10.0, help="update timeout (s)")
+    parser.add_argument("--updater", choices=sorted(UPDATERS), default="cli")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="cap on requests/s of all clients (0: none)"
+    )
+    parser.add_argument("--name", help="results file name (default: load or load_quick)")
+    parser.add_argument("--results", type=Path, default=cb.RESULTS, help="where to write")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.update_at, args.messages = 8.0, 4.0, 2_000
+    if not 1 <= args.update_at < args.duration:
+        parser.error("--update-at must be at least 1 s and before --duration")
+    args.patch = args.patch.resolve()
+    name = args.name or ("load_quick" if args.quick else "load")
+    data = run(args)
+    path = cb.write_json(name, data, args.results)
+    plot(data, path.with_suffix(".png"))
+    print(cb.table(data["per_second"], ["second", "requests", "mean_ms", "max_ms", "errors"]))
+    print(json.dumps({"update": data["update"], "summary": data["summary"]}, indent=2))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
+    return 0 if data["summary"]["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The chat load benchmark's harness: a short real run, and checks that can fail."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH_DIR))
+
+import chatbench as cb  # noqa: E402
+
+
+def _load_module():  # benchmarks/load.py under a name no other test module can take
+    spec = importlib.util.spec_from_file_location("chat_bench_load", BENCH_DIR / "load.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+load = _load_module()
+
+
+def result(user: int, posted: dict[str, str], received: list[str]) -> cb.ClientResult:
+    return cb.ClientResult(user, [0], [0.0], [0.0], [0], [], posted, Counter(received))
+
+
+def test_verify_delivery_counts_lost_duplicated_and_unexpected() -> None:
+    # room1's members are user1 and user10 (see chat.seed.rooms_of).
+    posted = {"a": "room1", "b": "room1"}
+    results = [result(1, posted, ["a", "a", "b"])]
+    rest = {cb.user_name(u): Counter() for u in range(1, 11)}
+    rest["user10"] = Counter(["a", "zzz"])
+    assert cb.verify_delivery(results, rest) == {
+        "posted": 2,
+        "lost": 1,  # b never reached user10
+        "duplicated": 1,  # user1 got a twice
+        "unexpected": 1,  # nobody posted zzz
+    }
+
+
+def test_check_classes_wants_the_class_the_sender_implies() -> None:
+    good = {
+        "messages": 5,
+        "classes": {"ChUserMessage": 3, "ChInfoMessage": 2},
+        "senderless": {"ChInfoMessage": 2},
+    }
+    assert load.check_classes(good, ("ChUserMessage", "ChInfoMessage"))["ok"]
+    assert not load.check_classes(good, ("ChMessage", "ChMessage"))["ok"]
+    swapped = {**good, "senderless": {"ChUserMessage": 2}}
+    assert not load.check_classes(swapped, ("ChUserMessage", "ChInfoMessage"))["ok"]
+    v1 = {"messages": 5, "classes": {"ChMessage": 5}, "senderless": {"ChMessage": 2}}
+    assert load.check_classes(v1, load.V1_CLASSES)["ok"]
+
+
+def test_short_load_run_without_update(tmp_path: Path) -> None:
+    command = [sys.executable, str(BENCH_DIR / "load.py"), "--updater", "none"]
+    command += ["--duration", "2", "--update-at", "1", "--messages", "100", "--clients", "3"]
+    command += ["--rate", "600", "--results", str(tmp_path), "--name", "short"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads((tmp_path / "short.json").read_text())
+    summary = data["summary"]
+    assert summary["ok"] and summary["errors"] == 0
+    assert summary["delivery"]["posted"] > 100
+    assert summary["live_messages_at_update"] >= 120
+    # The rate cap holds: 600 requests/s over 2 s, give or take a round.
+    assert 900 <= summary["requests"] <= 1300
+    assert (tmp_path / "short.png").stat().st_size > 0
