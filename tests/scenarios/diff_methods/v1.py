@@ -1,0 +1,25 @@
+"""A module whose v2 changes only function and method bodies."""
+
+import math
+
+CALLS = []
+
+
+def area(r):
+    return 3 * r * r
+
+
+class Circle:
+    def __init__(self, r):
+        self.r = r
+
+    def area(self):
+        return area(self.r)
+
+    @staticmethod
+    def unit():
+        return Circle(1)
+
+    @property
+    def diameter(self):
+        return self.r * 2
