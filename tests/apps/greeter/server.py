@@ -1,7 +1,8 @@
 """A small threaded HTTP app for supervisor tests: GET / answers greeting.greet(path).
 
 Usage: server.py PORTFILE. Writes the port it listens on to PORTFILE once ready. GET /crash exits
-with status 3 (a crash, for restart tests); SIGTERM shuts the server down and exits 0.
+with status 3 (a crash, for restart tests); SIGTERM shuts the server down and exits 0;
+SIGHUP prints "hup".
 """
 
 import os
@@ -33,6 +34,7 @@ def main():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    signal.signal(signal.SIGHUP, lambda *_: print("hup", flush=True))
     tmp = sys.argv[1] + ".tmp"
     with open(tmp, "w") as out:
         out.write(str(server.server_address[1]))
