@@ -201,14 +201,34 @@ def add_history(commands: Any) -> None:
     parser = commands.add_parser("history", help="the journal of an app: updates, restarts")
     add_target_options(parser)
     parser.add_argument("--limit", type=int, default=0, help="only the last N records")
+    parser.add_argument(
+        "--state-dir",
+        help="read the journal of a stopped app --name from here (default: $XDG_STATE_HOME/gdsu)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=run_history)
 
 
+def _journal_on_disk(args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    """The journal of app --name read from its file, if the app is not running but has one."""
+    from supervisor.journal import Journal, default_state_dir
+
+    if not args.name:
+        return None
+    journal = Journal.open_existing(args.state_dir or default_state_dir(), args.name)
+    return journal.read(args.limit) if journal is not None else None
+
+
 def run_history(args: argparse.Namespace) -> int:
-    """Print the journal."""
-    with open_client(args) as client:
-        reply = client.request(protocol.History(new_id(), args.limit))
+    """Print the journal, from the supervisor, or from disk if the app is not running."""
+    try:
+        with open_client(args) as client:
+            reply = client.request(protocol.History(new_id(), args.limit))
+    except UsageError:
+        entries = _journal_on_disk(args)
+        if entries is None:
+            raise
+        reply = protocol.HistoryReply("", entries)
     if isinstance(reply, protocol.Error):
         return _error_exit(reply)
     assert isinstance(reply, protocol.HistoryReply)

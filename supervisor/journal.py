@@ -42,6 +42,13 @@ class Journal:
         (self.directory / "bundles").mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = self.directory / "journal.jsonl"
 
+    @classmethod
+    def open_existing(cls, state_dir: str | os.PathLike[str], name: str) -> Journal | None:
+        """The journal of `name` if one was ever written, without creating anything."""
+        if not (Path(state_dir) / name / "journal.jsonl").is_file():
+            return None
+        return cls(state_dir, name)
+
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one record durably and return it."""
         record = {"time": time.time(), "event": event, **fields}
