@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -78,34 +79,38 @@ def _pump(stream: Any, lines: queue.Queue[str | None], keep: list[str]) -> None:
 def open_server(
     *, supervised: bool = False, name: str | None = None, timeout: float = 30.0
 ) -> Iterator[ServerProcess]:
-    """Start the chat server on a free port; stop it (TERM, then KILL) at exit."""
-    command = [sys.executable, str(APP), "--port", "0", "--stats"]
-    if supervised:
-        supervise = supervisor_command()
-        if supervise is None:
-            msg = "gdsu-supervise is not installed; install gdsu-fork, or run without supervision"
-            raise RuntimeError(msg)
-        name = name or f"chat-bench-{os.getpid()}"
-        command = [*supervise, "--name", name, "--", *command[1:]]
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        cwd=CHAT_DIR,
-        start_new_session=True,
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-    output: list[str] = []
-    pump = threading.Thread(target=_pump, args=(proc.stdout, lines, output), daemon=True)
-    pump.start()
-    try:
+    """Start the chat server on a free port; stop it (TERM, then KILL) at exit.
+
+    Supervised, it runs under `gdsu-supervise --name NAME` with a journal in a temporary
+    directory, so benchmark runs leave no state behind.
+    """
+    with contextlib.ExitStack() as stack:
+        command = [sys.executable, str(APP), "--port", "0", "--stats"]
+        if supervised:
+            supervise = supervisor_command()
+            if supervise is None:
+                msg = "gdsu-supervise is not installed; install gdsu-fork, or run unsupervised"
+                raise RuntimeError(msg)
+            name = name or f"chat-bench-{os.getpid()}"
+            state = stack.enter_context(tempfile.TemporaryDirectory(prefix="chat-bench-"))
+            command = [*supervise, "--name", name, "--state-dir", state, "--", *command[1:]]
+        proc = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            cwd=CHAT_DIR,
+            start_new_session=True,
+        )
+        lines: queue.Queue[str | None] = queue.Queue()
+        output: list[str] = []
+        pump = threading.Thread(target=_pump, args=(proc.stdout, lines, output), daemon=True)
+        pump.start()
+        stack.callback(pump.join, 5)
+        stack.callback(_stop, proc)
         url = _wait_ready(lines, timeout, command)
         yield ServerProcess(proc, url, name if supervised else None, output)
-    finally:
-        _stop(proc)
-        pump.join(timeout=5)
 
 
 def _wait_ready(lines: queue.Queue[str | None], timeout: float, command: list[str]) -> str:

@@ -14,6 +14,7 @@ have the class its state implies. Writes benchmarks/results/<name>.json and .png
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -24,15 +25,39 @@ from typing import Any
 
 import chatbench as cb
 
-Updater = Callable[[cb.ServerProcess, Path, float], dict[str, Any]]
-"""Updates the running server with a patch file (timeout in s); returns the report as a dict."""
+
+@dataclasses.dataclass
+class LoadConfig:
+    """One run: how long, how hard, which patch when, and how to apply it."""
+
+    duration: float = 120.0
+    update_at: float = 60.0
+    clients: int = 10
+    messages: int = 28_500
+    patch: Path = cb.PATCHES / "v1_to_v2.py"
+    timeout: float = 10.0
+    rehearse: bool = True
+    updater: str = "cli"
+    rate: float = 0.0
+    supervise: bool = False
+
+    @property
+    def supervised(self) -> bool:
+        """Whether the server runs under gdsu-supervise (always, to be updated)."""
+        return self.updater == "cli" or self.supervise
 
 
-def cli_update(server: cb.ServerProcess, patch: Path, timeout: float) -> dict[str, Any]:
+Updater = Callable[[cb.ServerProcess, LoadConfig], dict[str, Any]]
+"""Updates the running server with the config's patch; returns the report as a dict."""
+
+
+def cli_update(server: cb.ServerProcess, config: LoadConfig) -> dict[str, Any]:
     """`gdsu-fork update PATCH --name NAME --json`: the report it prints, and its exit status."""
-    command = [str(Path(sys.executable).parent / "gdsu-fork"), "update", str(patch)]
-    command += ["--name", str(server.name), "--timeout", str(timeout), "--json"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 120)
+    command = [str(Path(sys.executable).parent / "gdsu-fork"), "update", str(config.patch)]
+    command += ["--name", str(server.name), "--timeout", str(config.timeout), "--json"]
+    if not config.rehearse:
+        command.append("--no-rehearse")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=config.timeout + 120)
     report: dict[str, Any] = {"exit_status": done.returncode}
     for line in reversed(done.stdout.splitlines()):
         try:
@@ -47,7 +72,7 @@ def cli_update(server: cb.ServerProcess, patch: Path, timeout: float) -> dict[st
     return report
 
 
-def no_update(server: cb.ServerProcess, patch: Path, timeout: float) -> dict[str, Any]:
+def no_update(server: cb.ServerProcess, config: LoadConfig) -> dict[str, Any]:
     """The baseline: leave the server alone."""
     return {"outcome": "skipped"}
 
@@ -75,13 +100,12 @@ def check_classes(stats: dict[str, Any], expected: tuple[str, str]) -> dict[str,
     return {"ok": ok, "expected": want, "found": stats["classes"], "senderless": senderless}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: LoadConfig) -> dict[str, Any]:
     """Run the experiment; everything measured, as a JSON-ready dict."""
     updater = UPDATERS[args.updater]
-    supervised = args.updater != "none"
     update: dict[str, Any] = {}
     live: dict[str, Any] = {}
-    with cb.open_server(supervised=supervised) as server:
+    with cb.open_server(supervised=args.supervised) as server:
         cb.prepare(server.url, args.messages)
 
         def during(t0: float) -> None:
@@ -90,7 +114,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             live.update(cb.stats(server.url))
             time.sleep(max(0.0, t0 + args.update_at - time.monotonic()))
             began = time.monotonic()
-            update["report"] = updater(server, args.patch, args.timeout)
+            update["report"] = updater(server, args)
             update["start_s"] = round(began - t0, 3)
             update["end_s"] = round(time.monotonic() - t0, 3)
 
@@ -144,6 +168,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seeded_messages": args.messages,
             "patch": args.patch.name,
             "updater": args.updater,
+            "supervised": args.supervised,
+            "rehearse": args.rehearse,
+            "timeout_s": args.timeout,
             "rate_cap": args.rate,
             "python": sys.version.split()[0],
         },
@@ -184,17 +211,20 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run, write JSON and PNG, print the table; 1 if a check failed."""
+    d = LoadConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 s, update at 4 s, 2,000 messages")
-    parser.add_argument("--duration", type=float, default=120.0)
-    parser.add_argument("--update-at", type=float, default=60.0)
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--messages", type=int, default=28_500, help="messages seeded first")
-    parser.add_argument("--patch", type=Path, default=cb.PATCHES / "v1_to_v2.py")
-    parser.add_argument("--timeout", type=float, default=10.0, help="update timeout (s)")
-    parser.add_argument("--updater", choices=sorted(UPDATERS), default="cli")
+    parser.add_argument("--duration", type=float, default=d.duration)
+    parser.add_argument("--update-at", type=float, default=d.update_at)
+    parser.add_argument("--clients", type=int, default=d.clients)
+    parser.add_argument("--messages", type=int, default=d.messages, help="messages seeded first")
+    parser.add_argument("--patch", type=Path, default=d.patch)
+    parser.add_argument("--timeout", type=float, default=d.timeout, help="update timeout (s)")
+    parser.add_argument("--no-rehearse", dest="rehearse", action="store_false")
+    parser.add_argument("--updater", choices=sorted(UPDATERS), default=d.updater)
+    parser.add_argument("--rate", type=float, default=d.rate, help="cap on requests/s (0: none)")
     parser.add_argument(
-        "--rate", type=float, default=0.0, help="cap on requests/s of all clients (0: none)"
+        "--supervise", action="store_true", help="run under gdsu-supervise even without update"
     )
     parser.add_argument("--name", help="results file name (default: load or load_quick)")
     parser.add_argument("--results", type=Path, default=cb.RESULTS, help="where to write")
@@ -203,9 +233,11 @@ def main(argv: list[str] | None = None) -> int:
         args.duration, args.update_at, args.messages = 8.0, 4.0, 2_000
     if not 1 <= args.update_at < args.duration:
         parser.error("--update-at must be at least 1 s and before --duration")
-    args.patch = args.patch.resolve()
+    fields = {f.name for f in dataclasses.fields(LoadConfig)}
+    config = LoadConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    config.patch = config.patch.resolve()
     name = args.name or ("load_quick" if args.quick else "load")
-    data = run(args)
+    data = run(config)
     path = cb.write_json(name, data, args.results)
     plot(data, path.with_suffix(".png"))
     print(cb.table(data["per_second"], ["second", "requests", "mean_ms", "max_ms", "errors"]))

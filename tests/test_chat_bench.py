@@ -19,6 +19,7 @@ def _load_module():  # benchmarks/load.py under a name no other test module can 
     spec = importlib.util.spec_from_file_location("chat_bench_load", BENCH_DIR / "load.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

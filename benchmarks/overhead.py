@@ -1,0 +1,136 @@
+"""Steady-state cost of supervision: chat throughput under gdsu-supervise vs plain python.
+
+Runs alternate (plain, supervised / supervised, plain, ...) so that drift of the machine hits
+both sides alike; each pair gives a ratio supervised / plain, and the result is the median of
+the ratios (target: >= 0.99). Each run starts a fresh server, seeds it and loads it with ten
+keep-alive clients. Writes benchmarks/results/<name>.json and .png and prints a table.
+
+    python benchmarks/overhead.py            # 7 pairs of 15 s runs
+    python benchmarks/overhead.py --quick    # 5 pairs of 2 s runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import chatbench as cb
+
+
+def throughput(*, supervised: bool, duration: float, clients: int, messages: int) -> float:
+    """Requests per second of one fresh server over `duration` s of load."""
+    with cb.open_server(supervised=supervised) as server:
+        cb.prepare(server.url, messages)
+        results, _ = cb.run_load(server.url, clients=clients, duration=duration)
+    rows = cb.per_second(results)
+    errors = sum(r["errors"] for r in rows)
+    if errors:
+        samples = "; ".join(e for r in results for e in r.error_samples[:3])
+        kind = "supervised" if supervised else "plain"
+        msg = f"{errors} failed request(s) in a {kind} run: {samples}"
+        raise RuntimeError(msg)
+    return sum(r["requests"] for r in rows) / duration
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """All pairs, interleaved; the median ratio."""
+    pairs = []
+    for i in range(args.pairs):
+        # Alternate which side goes first, so warm-up or drift does not favour one.
+        order = (False, True) if i % 2 == 0 else (True, False)
+        measured = {
+            supervised: throughput(
+                supervised=supervised,
+                duration=args.duration,
+                clients=args.clients,
+                messages=args.messages,
+            )
+            for supervised in order
+        }
+        plain, supervised = measured[False], measured[True]
+        pairs.append(
+            {
+                "pair": i + 1,
+                "first": "supervised" if order[0] else "plain",
+                "plain_rps": round(plain, 1),
+                "supervised_rps": round(supervised, 1),
+                "ratio": round(supervised / plain, 4),
+            }
+        )
+        print(f"pair {i + 1}: plain {plain:.0f}/s, supervised {supervised:.0f}/s", flush=True)
+    ratios = [p["ratio"] for p in pairs]
+    median = statistics.median(ratios)
+    return {
+        "benchmark": "overhead",
+        "config": {
+            "pairs": args.pairs,
+            "duration_s": args.duration,
+            "clients": args.clients,
+            "seeded_messages": args.messages,
+            "python": sys.version.split()[0],
+        },
+        "pairs": pairs,
+        "summary": {
+            "median_ratio": round(median, 4),
+            "min_ratio": min(ratios),
+            "max_ratio": max(ratios),
+            "target": 0.99,
+            "ok": median >= 0.99,
+        },
+    }
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    """Throughput of each run, plain beside supervised, per pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = data["pairs"]
+    x = [p["pair"] for p in pairs]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar([i - 0.2 for i in x], [p["plain_rps"] for p in pairs], width=0.4, label="python")
+    ax.bar(
+        [i + 0.2 for i in x], [p["supervised_rps"] for p in pairs], width=0.4, label="supervised"
+    )
+    ax.set_xlabel("pair")
+    ax.set_ylabel("requests / s")
+    ax.set_xticks(x)
+    ax.legend(loc="lower right")
+    ax.set_title(f"chat throughput, median ratio {data['summary']['median_ratio']:.3f}")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run, write JSON and PNG, print the table; 1 below the target."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5 pairs of 2 s runs")
+    parser.add_argument("--pairs", type=int, default=7)
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds of load per run")
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--messages", type=int, default=1_000, help="messages seeded per run")
+    parser.add_argument("--name", help="results file name (default: overhead or overhead_quick)")
+    parser.add_argument("--results", type=Path, default=cb.RESULTS, help="where to write")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.pairs, args.duration = 5, 2.0
+    if args.pairs < 1 or args.duration <= 0:
+        parser.error("--pairs and --duration must be positive")
+    name = args.name or ("overhead_quick" if args.quick else "overhead")
+    data = run(args)
+    path = cb.write_json(name, data, args.results)
+    plot(data, path.with_suffix(".png"))
+    print(cb.table(data["pairs"], list(data["pairs"][0])))
+    print(json.dumps(data["summary"], indent=2))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
+    return 0 if data["summary"]["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
