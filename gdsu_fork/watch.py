@@ -20,11 +20,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
 from watchdog.events import (
     FileClosedEvent,
+    FileClosedNoWriteEvent,
     FileCreatedEvent,
     FileModifiedEvent,
     FileMovedEvent,
@@ -94,23 +96,44 @@ def _print_line(result: SaveResult) -> None:
 
 
 class _Events(FileSystemEventHandler):
-    """Turns watchdog events into "this file was saved" notices on a queue."""
+    """Follows writes per file and posts a notice `(path, version)` when a save completes.
+
+    Invariants, guarded by `cond`: `writing` holds the files modified since their last close or
+    rename (a save in progress); `version[path]` grows on every write, close-after-write and
+    rename; `reads[path]` counts closes without writing. Inotify delivers the events of one watch
+    in order, so once the close of our own read is seen, every write before it has been seen too:
+    that is the barrier `Watcher._read_whole` uses to know that nobody wrote during its read.
+    """
 
     def __init__(self, notices: queue.SimpleQueue[object]) -> None:
         self.notices = notices
+        self.cond = threading.Condition()
+        self.writing: set[Path] = set()
+        self.version: Counter[Path] = Counter()
+        self.reads: Counter[Path] = Counter()
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if isinstance(event, FileMovedEvent):
-            path = event.dest_path
-        elif isinstance(event, FileClosedEvent) or (
-            not _HAS_CLOSE_EVENTS and isinstance(event, FileCreatedEvent | FileModifiedEvent)
-        ):
-            path = event.src_path
-        else:
+        raw = event.dest_path if isinstance(event, FileMovedEvent) else event.src_path
+        name = raw.decode() if isinstance(raw, bytes) else raw
+        if not name.endswith(".py"):
             return
-        path = path.decode() if isinstance(path, bytes) else path
-        if path.endswith(".py"):
-            self.notices.put(Path(path))
+        path = Path(name)
+        with self.cond:
+            if isinstance(event, FileClosedNoWriteEvent):
+                self.reads[path] += 1
+                self.cond.notify_all()
+                return
+            if isinstance(event, FileModifiedEvent | FileCreatedEvent):
+                self.version[path] += 1
+                if _HAS_CLOSE_EVENTS:
+                    self.writing.add(path)
+                    return
+            elif isinstance(event, FileClosedEvent | FileMovedEvent):
+                self.version[path] += 1
+                self.writing.discard(path)
+            else:
+                return
+            self.notices.put((path, self.version[path]))
 
 
 class Watcher:
@@ -151,6 +174,8 @@ class Watcher:
         self._last_reason: str | None = None
         self._count = 0
         self._notices: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._events = _Events(self._notices)
+        self._seen: Counter[Path] = Counter()  # file version at our last whole read
         self._observer = Observer()
         self._worker = threading.Thread(target=self._run, name="gdsu-watch", daemon=True)
 
@@ -162,9 +187,8 @@ class Watcher:
             for path in python_files(d).values():
                 with contextlib.suppress(OSError, UnicodeDecodeError):
                     self._applied[path.resolve()] = read_source(path)
-        handler = _Events(self._notices)
         for d in self.dirs:
-            self._observer.schedule(handler, str(d), recursive=True)
+            self._observer.schedule(self._events, str(d), recursive=True)
         self._observer.start()
         self._worker.start()
 
@@ -196,24 +220,51 @@ class Watcher:
             first = self._notices.get()
             if first is _STOP:
                 return
-            batch = {first}
+            batch = [first]
             # Gather a burst: a multi-file save arrives as several notices a few ms apart.
             cut = time.monotonic() + _MAX_GATHER
+            stop = False
             while time.monotonic() < cut:
                 try:
                     more = self._notices.get(timeout=self.debounce)
                 except queue.Empty:
                     break
                 if more is _STOP:
-                    self._handle(batch)  # type: ignore[arg-type]
-                    return
-                batch.add(more)
-            try:
-                result = self._handle(batch)  # type: ignore[arg-type]
-            except Exception as exc:  # the loop must survive anything one save does
-                result = SaveResult(self._display(batch), error=f"internal error: {exc!r}")
-            if result is not None:
-                self.on_result(result)
+                    stop = True
+                    break
+                batch.append(more)
+            saved = {p for p, version in batch if version > self._seen[p]}  # type: ignore[misc]
+            if saved:
+                try:
+                    result = self._handle(saved)
+                except Exception as exc:  # the loop must survive anything one save does
+                    result = SaveResult(self._display(saved), error=f"internal error: {exc!r}")
+                if result is not None:
+                    self.on_result(result)
+            if stop:
+                return
+
+    def _read_whole(self, path: Path) -> str | None:
+        """The file's text if no write was in progress or happened during the read, else None.
+
+        None means "not now": the write under way ends with a close or rename, which posts a
+        new notice.
+        """
+        events = self._events
+        with events.cond:
+            if path in events.writing:
+                return None
+            version, reads = events.version[path], events.reads[path]
+        text = read_source(path)
+        if _HAS_CLOSE_EVENTS:
+            with events.cond:
+                # Our read's own close-without-write is the barrier (see `_Events`); bounded,
+                # since a full inotify queue may drop it (then the version check still stands).
+                events.cond.wait_for(lambda: events.reads[path] > reads, timeout=0.2)
+                if events.version[path] != version or path in events.writing:
+                    return None
+        self._seen[path] = version
+        return text
 
     def _display(self, paths: Iterable[Path]) -> tuple[str, ...]:
         return tuple(sorted(self._relative(p) for p in paths))
@@ -234,15 +285,17 @@ class Watcher:
             folder = folder.parent
         return module_name(PurePosixPath(path.relative_to(folder).as_posix()), bool)
 
-    def _handle(self, batch: set[Path]) -> SaveResult | None:
-        saved = {p.resolve() for p in batch}
+    def _handle(self, saved: set[Path]) -> SaveResult | None:
         self._pending |= saved
         current: dict[Path, str] = {}
         for path in sorted(self._pending):
             try:
-                current[path] = read_source(path)
+                text = self._read_whole(path)
             except (OSError, UnicodeDecodeError):
                 continue  # deleted or moved away since: nothing to apply for it
+            if text is None:
+                return None  # a save is still being written; its end posts a new notice
+            current[path] = text
         fresh = [p for p in current if p not in self._applied]
         for path in fresh:
             # A file the program has not loaded yet: it imports it from disk when it wants it.

@@ -1,0 +1,220 @@
+"""The watch loop with real file writes: in-place saves, rename saves, bursts, broken saves.
+
+`apply` is the supervisor's job; here it is a recorder that reads each patch the watcher hands it
+(as the engine would) and answers with a report, so every save's patch can be checked.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import queue
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gdsu_fork.errors import GdsuError
+from gdsu_fork.report import Outcome, Report
+from gdsu_fork.watch import SaveResult, Watcher
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="saves are detected by inotify close events"
+)
+
+DEADLINE = 10.0
+
+V1 = "def f():\n    return 1\n"
+
+
+class Recorder:
+    """Stands in for the update pipeline: keeps every patch's module sources, answers `outcome`."""
+
+    def __init__(self) -> None:
+        self.patches: list[dict[str, str]] = []
+        self.outcome = Outcome.COMMITTED
+        self.reason: str | None = None
+        self.lock = threading.Lock()
+
+    def __call__(self, patch_path: Path) -> Report:
+        modules = {}
+        for node in ast.walk(ast.parse(patch_path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "patch.module":
+                modules[ast.literal_eval(node.args[0])] = ast.literal_eval(node.args[1])
+        with self.lock:
+            self.patches.append(modules)
+        reason = None if self.outcome is Outcome.COMMITTED else self.reason
+        return Report(outcome=self.outcome, reason=reason, timings={"pause": 1.5})
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "mod.py").write_text(V1)
+    (tmp_path / "pkg" / "other.py").write_text("X = 1\n")
+    return tmp_path
+
+
+@pytest.fixture
+def watched(tree: Path) -> Iterator[tuple[Watcher, Recorder, queue.Queue[SaveResult]]]:
+    results: queue.Queue[SaveResult] = queue.Queue()
+    recorder = Recorder()
+    watcher = Watcher([tree], recorder, on_result=results.put)
+    watcher.start()
+    try:
+        yield watcher, recorder, results
+    finally:
+        watcher.stop()
+
+
+def next_result(results: queue.Queue[SaveResult]) -> SaveResult:
+    try:
+        return results.get(timeout=DEADLINE)
+    except queue.Empty:
+        pytest.fail(f"no save result within {DEADLINE} s")
+
+
+def save_in_place(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def save_by_rename(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    temp.write_text(text)
+    os.replace(temp, path)
+
+
+@pytest.mark.parametrize("save", [save_in_place, save_by_rename])
+def test_a_save_becomes_one_patch_from_the_applied_version(tree, watched, save):
+    watcher, recorder, results = watched
+    v2 = "def f():\n    return 2\n"
+    save(tree / "pkg" / "mod.py", v2)
+    result = next_result(results)
+    assert result.committed
+    assert result.files == ("pkg/mod.py",)
+    assert result.line() == "watch: pkg/mod.py: changed pkg.mod:f -> committed, pause 1.5 ms"
+    assert recorder.patches == [{"pkg.mod": v2}]
+    assert watcher.applied_source(tree / "pkg" / "mod.py") == v2
+    assert results.empty()
+
+
+def test_a_burst_of_chunked_saves_is_never_read_half_written(tree, watched):
+    """Each version is written in many flushed chunks; only whole versions may reach a patch."""
+    watcher, recorder, results = watched
+    path = tree / "pkg" / "mod.py"
+    versions = [
+        "".join(f"def g{i}_{n}():\n    return {n}\n\n" for n in range(200)) for i in range(15)
+    ]
+    for number, text in enumerate(versions):
+        if number % 2:
+            save_by_rename(path, text)
+            continue
+        with open(path, "w") as f:
+            for start in range(0, len(text), 512):
+                f.write(text[start : start + 512])
+                f.flush()
+                os.fsync(f.fileno())
+    while watcher.applied_source(path) != versions[-1]:
+        next_result(results)
+    whole = set(versions)
+    for modules in recorder.patches:
+        assert modules["pkg.mod"] in whole, "a patch carried a half-written file"
+
+
+def test_saves_of_several_files_together_become_one_update(tree, watched):
+    watcher, recorder, results = watched
+    save_by_rename(tree / "pkg" / "mod.py", "def f():\n    return 3\n")
+    save_by_rename(tree / "pkg" / "other.py", "X = 2\n")
+    result = next_result(results)
+    if result.files != ("pkg/mod.py", "pkg/other.py"):
+        # The two saves straddled a debounce window on a loaded machine: both still apply.
+        result = next_result(results)
+        assert len(recorder.patches) == 2
+    else:
+        assert recorder.patches == [{"pkg.mod": "def f():\n    return 3\n", "pkg.other": "X = 2\n"}]
+    assert result.committed
+    assert watcher.applied_source(tree / "pkg" / "other.py") == "X = 2\n"
+
+
+def test_a_file_that_does_not_compile_is_waited_on(tree, watched):
+    watcher, recorder, results = watched
+    path = tree / "pkg" / "mod.py"
+    save_in_place(path, "def f(:\n    return 4\n")
+    waiting = next_result(results)
+    assert waiting.waiting and not waiting.committed
+    assert waiting.line() == (
+        "watch: pkg/mod.py: pkg/mod.py does not compile yet (line 1: invalid syntax); "
+        "waiting for the next save"
+    )
+    assert recorder.patches == []
+    assert watcher.applied_source(path) == V1
+    save_in_place(path, "def f():\n    return 4\n")
+    assert next_result(results).committed
+    assert recorder.patches == [{"pkg.mod": "def f():\n    return 4\n"}]
+
+
+def test_a_failed_update_keeps_the_last_good_version_and_says_why_once(tree, watched):
+    watcher, recorder, results = watched
+    path = tree / "pkg" / "mod.py"
+    recorder.outcome = Outcome.DISCARDED
+    recorder.reason = "Traceback (most recent call last):\n  ...\nValueError: validation said no"
+    save_in_place(path, "def f():\n    return 5\n")
+    first = next_result(results)
+    assert not first.committed
+    assert (
+        first.line()
+        .splitlines()[0]
+        .endswith("-> discarded, pause 1.5 ms: ValueError: validation said no")
+    )
+    assert "    Traceback (most recent call last):" in first.line()
+    save_in_place(path, "def f():\n    return 6\n")
+    second = next_result(results)
+    assert len(second.line().splitlines()) == 1, "the same reason is printed once"
+    assert watcher.applied_source(path) == V1
+
+    recorder.outcome = Outcome.COMMITTED
+    save_in_place(tree / "pkg" / "other.py", "X = 7\n")
+    third = next_result(results)
+    assert third.committed
+    # The still-unapplied change of mod.py travels with the next good save, diffed from V1.
+    assert recorder.patches[-1] == {"pkg.mod": "def f():\n    return 6\n", "pkg.other": "X = 7\n"}
+    assert watcher.applied_source(path) == "def f():\n    return 6\n"
+
+
+def test_unchanged_saves_and_new_files_apply_nothing(tree, watched):
+    watcher, recorder, results = watched
+    save_in_place(tree / "pkg" / "mod.py", V1)
+    assert next_result(results).line() == "watch: pkg/mod.py: no change"
+    save_in_place(tree / "pkg" / "fresh.py", "Y = 1\n")
+    assert (
+        next_result(results).line() == "watch: pkg/fresh.py: new file, recorded as loaded from disk"
+    )
+    save_in_place(tree / "pkg" / "fresh.py", "Y = 2\n")
+    assert next_result(results).committed
+    assert recorder.patches == [{"pkg.fresh": "Y = 2\n"}]
+
+
+def test_declared_migration_reaches_the_patch_in_watch_mode(tree, watched):
+    watcher, recorder, results = watched
+    path = tree / "pkg" / "shapes.py"
+    save_in_place(path, "class Box:\n    def __init__(self, w):\n        self.w = w\n")
+    next_result(results)  # recorded as the starting version
+    v2 = (
+        "class Box:\n"
+        "    __gdsu_migrate__ = staticmethod(lambda old, new, env: new)\n"
+        "    def __init__(self, w):\n        self.w = w\n        self.h = w * 2\n"
+    )
+    save_by_rename(path, v2)
+    assert next_result(results).committed
+    patch_text = sorted(watcher.patch_dir.glob("save-*.py"))[-1].read_text()
+    assert "return env.new['pkg.shapes:Box'].__gdsu_migrate__(old, new, env)" in patch_text
+    assert "NotImplementedError" not in patch_text
+
+
+def test_watching_a_missing_directory_is_refused(tmp_path):
+    with pytest.raises(GdsuError, match="not a directory"):
+        Watcher([tmp_path / "nope"], Recorder())
