@@ -1,0 +1,737 @@
+"""Parking application threads inside hook callbacks, so that none executes Python code.
+
+A thread parks by blocking inside a callback the interpreter calls before it runs Python code:
+on 3.12+ a `sys.monitoring` event, on 3.11 a C-level trace function set on each thread state
+through ctypes (`sys.settrace` reaches only the calling thread). Holding the GIL does not freeze
+anything: it is released at the first blocking call and handed over every switch interval.
+
+A `Freezer` lives for one update window and moves through its phases:
+
+- WATCH: the program runs. Only return/yield notifications on the code that blocks the update
+  are armed (3.12+: local events, free elsewhere; 3.11: the blocking threads are traced).
+- PARK: every thread whose stack holds no changed frame parks at its next instruction; threads
+  inside changed code run on at full speed (3.12+: `DISABLE`) and park when that code returns.
+- FROZEN: every event parks its thread, whatever its stack. Set by the caller right after a
+  clean safe-point check (`try_freeze`), so the check and the freeze are one step.
+
+Hooks are process-wide, so one Freezer may be active at a time (`_active`). A forked child
+inherits the armed hooks and every lock as it was held: it must call `release_in_child()` before
+it runs any other Python code.
+"""
+
+from __future__ import annotations
+
+import _imp
+import _thread
+import contextlib
+import ctypes
+import enum
+import gc
+import os
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Collection, Iterator
+from types import CodeType, FrameType
+from typing import Any
+
+from .errors import GdsuError
+
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__))
+_PY312 = sys.version_info >= (3, 12)
+
+
+class FreezeError(GdsuError, RuntimeError):
+    """The freeze cannot be set up (no free monitoring tool, another update in progress)."""
+
+
+class Phase(enum.Enum):
+    """Where the update window stands; see the module docstring."""
+
+    OFF = "off"
+    WATCH = "watch"
+    PARK = "park"
+    FROZEN = "frozen"
+
+
+# The Freezer whose hooks are armed, if any: hooks are per interpreter, so at most one.
+_active: Freezer | None = None
+
+
+def _is_own(code: CodeType) -> bool:
+    """True for code of this package: the update thread runs it, application threads do not."""
+    return code.co_filename.startswith(_OWN_DIR)
+
+
+class _Gate:
+    """A lock held by the update thread while threads are parked; parked threads wait on it."""
+
+    def __init__(self) -> None:
+        self.lock = _thread.allocate_lock()
+        self.lock.acquire()
+
+    def wait(self) -> None:
+        # Acquire-then-release hands the open gate on to the next parked thread.
+        self.lock.acquire()
+        self.lock.release()
+
+    def open(self) -> None:
+        self.lock.release()
+
+
+class _Signal:
+    """A wake-up for the update thread that any thread may raise, cheap and without Python locks."""
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+
+    def raise_(self) -> None:
+        # Two threads may both see it held; the loser's release fails harmlessly.
+        with contextlib.suppress(RuntimeError):
+            self._lock.release()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until raised (and lower it again); False if the timeout passed first."""
+        return self._lock.acquire(timeout=max(timeout, 0.0))
+
+    def clear(self) -> None:
+        self._lock.acquire(blocking=False)
+
+
+def _fork_locks() -> list[Any]:
+    """Locks that `os.fork`'s before-fork hooks of the standard library acquire.
+
+    A parked thread holding one would deadlock the fork, so the update thread takes them
+    before it parks anyone and hands them over to the hooks in `quiet_fork`.
+    """
+    locks = []
+    logging = sys.modules.get("logging")
+    if logging is not None and hasattr(logging, "_lock"):
+        locks.append(logging._lock)  # an RLock: logging's hook re-acquires it in our thread
+    futures = sys.modules.get("concurrent.futures.thread")
+    if futures is not None and hasattr(futures, "_global_shutdown_lock"):
+        locks.append(futures._global_shutdown_lock)  # a plain Lock: handed over at the fork
+    return locks
+
+
+class Freezer:
+    """Return notifications, parking and the freeze for one update window.
+
+    `changed`: code objects no thread may execute at the safe point (allowed ones removed).
+    Call `close()` in every case; it releases every parked thread and removes every hook.
+    """
+
+    def __init__(self, changed: Collection[CodeType]) -> None:
+        global _active
+        if _active is not None:
+            msg = "another update is already waiting for a safe point; run one update at a time"
+            raise FreezeError(msg)
+        self.changed = frozenset(changed)
+        self.phase = Phase.OFF
+        self.updater = threading.get_ident()
+        self._main = threading.main_thread().ident
+        self.signal = _Signal()
+        # Threads parked now: ident -> the frame exempt from the safe-point check (a frame
+        # parked while it returns executes no more of its code), or None.
+        self.parked: dict[int, FrameType | None] = {}
+        # Bumped whenever a thread is let into changed code while parking; see `try_freeze`.
+        self.entries = 0
+        # Threads inside changed code at the last check: their parking is worth a new check.
+        self.waiting_for: set[int] = set()
+        # Whether a returning blocker may start the parking itself (see `returned`).
+        self.eager = True
+        # Frames that started changed code after the freeze (only possible from C): reported.
+        self.late_entries: list[str] = []
+        self._gate: _Gate | None = None
+        self._held_locks: list[Any] = []
+        self._imp_held = False
+        self._gc_was_enabled = False
+        self._hooks = _MonitoringHooks(self) if _PY312 else _TraceHooks(self)
+        _active = self
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    def watch(self, blocking: Collection[CodeType], threads: Collection[int] | None) -> None:
+        """Arm notifications for returns from `blocking` (run by `threads`; None: any thread)."""
+        if self._gate is None:
+            self._gate = _Gate()
+        self.phase = Phase.WATCH
+        self._hooks.watch(frozenset(blocking), threads)
+
+    def notify(self) -> None:
+        """Called in the thread whose changed frame returned or yielded: wake the update thread."""
+        self.signal.raise_()
+
+    def returned(self, frame: FrameType) -> None:
+        """A blocking `frame` is returning (called in its thread while watching).
+
+        With `eager` set, the returning thread starts the parking itself and parks at once:
+        waking the update thread and letting it win the GIL from busy threads takes up to a
+        switch interval (5 ms), deciding here takes microseconds.
+        """
+        if (
+            self.eager
+            and self.phase is Phase.WATCH
+            and self._gate is not None
+            and self.stack_clean(frame.f_back)
+        ):
+            self.entries = 0
+            self.phase = Phase.PARK
+            self._hooks.park()
+            self.park_here(frame)
+        else:
+            self.signal.raise_()
+
+    # -- parking ------------------------------------------------------------------------------
+
+    def begin_parking(self, lock_timeout: float) -> bool:
+        """Park every thread outside changed code (or keep the parking a returning thread began);
+        False if a lock that the fork needs stayed busy."""
+        self.eager = False  # no thread may start a parking while we take the fork locks
+        if self.phase is Phase.PARK:
+            # Parked threads may hold a fork lock: take them without waiting, else start over.
+            if self._take_fork_locks(0.0):
+                self._start_gc_pause()
+                return True
+            self.unpark()
+        if not self._take_fork_locks(lock_timeout):
+            return False
+        self._start_gc_pause()
+        if self._gate is None:
+            self._gate = _Gate()
+        self.entries = 0
+        self.phase = Phase.PARK
+        self._hooks.park()
+        return True
+
+    def _start_gc_pause(self) -> None:
+        self._gc_was_enabled = gc.isenabled()
+        # Finalizers of application objects must not run in the update thread mid-pause.
+        gc.disable()
+
+    def try_freeze(self, check: Callable[[dict[int, FrameType | None]], set[int] | None]) -> bool:
+        """Run the safe-point `check` and freeze if it passes, as one step.
+
+        `check` returns None when safe, else the idents of the threads inside changed code
+        (whose parking wakes us). The check runs Python, so other threads may get the GIL
+        during it; any of them that enters changed code bumps `entries` (every other one
+        parks). Equal counts around the check mean nothing slipped in, and from
+        `phase = FROZEN` on every thread parks.
+        """
+        self._hooks.rearm()
+        before = self.entries
+        blocking = check(dict(self.parked))
+        if blocking is not None:
+            self.waiting_for = blocking
+            return False
+        self.phase = Phase.FROZEN
+        if self.entries == before:
+            return True
+        self.phase = Phase.PARK
+        return False
+
+    def unpark(self) -> None:
+        """Release every parked thread and remove the parking hooks (a failed attempt, the end)."""
+        self.phase = Phase.WATCH
+        self._hooks.unpark()
+        if self._gate is not None:
+            self._gate.open()
+            self._gate = None
+        self.waiting_for = set()
+        self._release_fork_locks()
+        if self._gc_was_enabled:
+            gc.enable()
+            self._gc_was_enabled = False
+
+    def park_here(self, exempt: FrameType | None) -> None:
+        """Block the calling application thread until the gate opens (called from hooks)."""
+        gate = self._gate
+        if gate is None:
+            return
+        me = _thread.get_ident()
+        self.parked[me] = exempt
+        if exempt is not None or me in self.waiting_for:
+            self.signal.raise_()  # a blocking frame is done: worth a new check
+        # A signal must not run the main thread's Python handlers inside the freeze: block them
+        # while parked; the kernel keeps them pending (or hands them to a thread in C), and the
+        # handler runs after the release. Nothing is lost.
+        blocked = me == self._main
+        if blocked:
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            gate.wait()
+        finally:
+            if blocked:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            self.parked.pop(me, None)
+
+    def stack_clean(self, frame: FrameType | None) -> bool:
+        """True if no frame from `frame` outwards executes changed code."""
+        changed = self.changed
+        while frame is not None:
+            if frame.f_code in changed:
+                return False
+            frame = frame.f_back
+        return True
+
+    # -- the fork -----------------------------------------------------------------------------
+
+    def _take_fork_locks(self, timeout: float) -> bool:
+        # The import lock: os.fork takes it (re-entrantly for us); a parked importer would hold it.
+        if timeout <= 0 and _imp.lock_held():
+            return False
+        _imp.acquire_lock()
+        self._imp_held = True
+        for lock in _fork_locks():
+            if not lock.acquire(timeout=max(timeout, 0.0)):
+                self._release_fork_locks()
+                return False
+            self._held_locks.append(lock)
+        return True
+
+    def _release_fork_locks(self) -> None:
+        while self._held_locks:
+            self._held_locks.pop().release()
+        if self._imp_held:
+            _imp.release_lock()
+            self._imp_held = False
+
+    def fork(self) -> int:
+        """`os.fork()` inside the freeze: hands the fork locks to the hooks, no thread warning."""
+        plain = [lk for lk in self._held_locks if not hasattr(lk, "_is_owned")]
+        for lock in plain:
+            lock.release()
+        pid = -1
+        try:
+            pid = _fork_without_warning()
+        finally:
+            if pid == 0:
+                release_in_child()
+            else:
+                for lock in plain:
+                    lock.acquire()  # nobody else runs Python: it is free
+        return pid
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release every parked thread and remove every hook; idempotent."""
+        global _active
+        if self.phase is Phase.OFF and _active is not self:
+            return
+        self.unpark()
+        self.phase = Phase.OFF
+        self._hooks.close()
+        if _active is self:
+            _active = None
+
+    def forget_in_child(self) -> None:
+        """Drop hooks and locks inherited by a forked child, whose other threads are gone."""
+        global _active
+        self.phase = Phase.OFF
+        self._hooks.close()
+        self._gate = None
+        self.parked.clear()
+        for lock in self._held_locks:
+            # logging re-created its lock in its after-fork hook; a plain lock may still be held.
+            if hasattr(lock, "_at_fork_reinit"):
+                lock._at_fork_reinit()
+        self._held_locks.clear()
+        if self._imp_held:
+            # CPython's child re-init leaves the import lock held by the forking thread.
+            with contextlib.suppress(RuntimeError):
+                _imp.release_lock()
+            self._imp_held = False
+        if self._gc_was_enabled:
+            gc.enable()
+        _active = None
+
+
+def release_in_child() -> None:
+    """Switch every inherited hook off in a forked child; call it first thing after the fork."""
+    if _active is not None:
+        _active.forget_in_child()
+
+
+def _fork_without_warning() -> int:
+    # 3.12+ warns in the parent about forking a multi-threaded process; the warning machinery
+    # could run user code (showwarning), and the threads are parked anyway.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*fork")
+        return os.fork()
+
+
+def quiet_fork() -> int:
+    """`os.fork()` without the multi-threaded fork warning; the child is released from the freeze.
+
+    Inside a freeze, use it (not `os.fork`): it also hands over the locks that the fork's
+    before-hooks take, which would otherwise deadlock on the update thread itself.
+    """
+    if _active is not None and _active.phase is Phase.FROZEN:
+        return _active.fork()
+    pid = _fork_without_warning()
+    if pid == 0:
+        release_in_child()
+    return pid
+
+
+@contextlib.contextmanager
+def open_freezer(changed: Collection[CodeType]) -> Iterator[Freezer]:
+    """A Freezer that is closed (threads released, hooks removed) however the block ends."""
+    freezer = Freezer(changed)
+    try:
+        yield freezer
+    finally:
+        freezer.close()
+
+
+# -- 3.12+: sys.monitoring -------------------------------------------------------------------
+
+
+class _MonitoringHooks:
+    """Notifications and parking through `sys.monitoring` (PEP 669)."""
+
+    # Conventional ids first left to debuggers (0) and coverage (1); use a spare one.
+    _TOOL_IDS = (4, 3, 5, 2, 0)
+
+    def __init__(self, freezer: Freezer) -> None:
+        mon = sys.monitoring
+        self.f = freezer
+        self.mon = mon
+        self.tool = -1
+        for tool in self._TOOL_IDS:
+            if mon.get_tool(tool) is None:
+                mon.use_tool_id(tool, "gdsu-fork")
+                self.tool = tool
+                break
+        else:
+            msg = "every sys.monitoring tool id is in use; stop a profiler or debugger and retry"
+            raise FreezeError(msg)
+        ev = mon.events
+        self.ev = ev
+        self.local: set[CodeType] = set()
+        self.disabled = False
+        mon.register_callback(self.tool, ev.PY_RETURN, self._on_return)
+        mon.register_callback(self.tool, ev.PY_YIELD, self._on_yield)
+        mon.register_callback(self.tool, ev.PY_UNWIND, self._on_unwind)
+        mon.register_callback(self.tool, ev.INSTRUCTION, self._on_instruction)
+        mon.register_callback(self.tool, ev.PY_START, self._on_start)
+
+    def _set_local(self, codes: frozenset[CodeType]) -> None:
+        events = self.ev.PY_RETURN | self.ev.PY_YIELD
+        for code in self.local - codes:
+            self.mon.set_local_events(self.tool, code, 0)
+        for code in codes - self.local:
+            self.mon.set_local_events(self.tool, code, events)
+        self.local = set(codes)
+
+    def watch(self, blocking: frozenset[CodeType], threads: Collection[int] | None) -> None:
+        # Local events cost nothing in other code; PY_UNWIND (an exception leaving a blocking
+        # frame) exists only as a global event, cheap because unwinding is rare.
+        self._set_local(blocking)
+        self.mon.set_events(self.tool, self.ev.PY_UNWIND)
+
+    def park(self) -> None:
+        self._set_local(self.f.changed)
+        ev = self.ev
+        self.mon.set_events(self.tool, ev.PY_UNWIND | ev.INSTRUCTION | ev.PY_START)
+
+    def rearm(self) -> None:
+        """Nothing to do: events are per interpreter, new threads are covered."""
+
+    def unpark(self) -> None:
+        self.mon.set_events(self.tool, self.ev.PY_UNWIND)
+        if self.disabled:
+            # Re-enables what DISABLE switched off, for every tool (a coverage tool's too).
+            self.mon.restart_events()
+            self.disabled = False
+
+    def close(self) -> None:
+        if self.tool < 0:
+            return
+        mon = self.mon
+        mon.set_events(self.tool, 0)
+        self._set_local(frozenset())
+        if self.disabled:
+            mon.restart_events()
+            self.disabled = False
+        for event in (self.ev.PY_RETURN, self.ev.PY_YIELD, self.ev.PY_UNWIND):
+            mon.register_callback(self.tool, event, None)
+        for event in (self.ev.INSTRUCTION, self.ev.PY_START):
+            mon.register_callback(self.tool, event, None)
+        mon.free_tool_id(self.tool)
+        self.tool = -1
+
+    # Callbacks run in the thread that triggers them, and never re-enter themselves.
+
+    def _on_return(self, code: CodeType, offset: int, retval: object) -> Any:
+        f = self.f
+        phase = f.phase
+        if _thread.get_ident() == f.updater:
+            return None
+        if phase is Phase.WATCH:
+            f.returned(sys._getframe(1))
+        elif phase is not Phase.OFF:
+            frame = sys._getframe(1)
+            if phase is Phase.FROZEN or f.stack_clean(frame.f_back):
+                f.park_here(frame)
+            else:
+                f.notify()
+        return None
+
+    def _on_yield(self, code: CodeType, offset: int, retval: object) -> Any:
+        # The generator stays suspended in changed code: a blocker, never an exempt frame.
+        self.f.notify()
+        return None
+
+    def _on_unwind(self, code: CodeType, offset: int, exc: BaseException) -> Any:
+        f = self.f
+        if code in f.changed:
+            return self._on_return(code, offset, None)
+        return None
+
+    def _on_instruction(self, code: CodeType, offset: int) -> Any:
+        f = self.f
+        if _thread.get_ident() == f.updater:
+            if _is_own(code):
+                self.disabled = True
+                return self.mon.DISABLE
+            return None
+        phase = f.phase
+        if phase is Phase.FROZEN:
+            f.park_here(None)
+        elif phase is Phase.PARK:
+            if code in f.changed:
+                # Let it run at full speed to its return, where PY_RETURN parks it.
+                self.disabled = True
+                return self.mon.DISABLE
+            if f.stack_clean(sys._getframe(1)):
+                f.park_here(None)
+        return None
+
+    def _on_start(self, code: CodeType, offset: int) -> Any:
+        f = self.f
+        if _thread.get_ident() == f.updater:
+            return None
+        phase = f.phase
+        if code in f.changed:
+            if phase is Phase.PARK:
+                f.entries += 1  # runs old code to its return; `try_freeze` sees the count move
+            elif phase is Phase.FROZEN:
+                _note_late_entry(f, sys._getframe(1))
+                f.park_here(None)
+        elif phase is Phase.FROZEN or (phase is Phase.PARK and f.stack_clean(sys._getframe(1))):
+            f.park_here(None)
+        return None
+
+
+def _note_late_entry(f: Freezer, frame: FrameType) -> None:
+    code = frame.f_code
+    f.late_entries.append(f"{code.co_filename}:{code.co_firstlineno} in {code.co_qualname}")
+
+
+# -- 3.11: per-thread C trace functions through ctypes -----------------------------------------
+
+_TRACE_CALL, _TRACE_EXCEPTION, _TRACE_LINE, _TRACE_RETURN, _TRACE_OPCODE = 0, 1, 2, 3, 7
+_TRACEFUNC = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, ctypes.py_object, ctypes.c_int, ctypes.c_void_p
+)
+
+
+class _ThreadStates:
+    """The interpreter's thread states and their trace slots (3.11 layout, found at run time).
+
+    `PyThreadState` of 3.11 starts `prev, next, interp, 7 ints, cframe, c_profilefunc,
+    c_tracefunc, c_profileobj, c_traceobj`; rather than trusting the ints' padding we locate
+    `c_traceobj` by setting a known trace object and looking for its address.
+    """
+
+    def __init__(self) -> None:
+        api = ctypes.pythonapi
+        api.PyInterpreterState_Get.restype = ctypes.c_void_p
+        api.PyInterpreterState_ThreadHead.restype = ctypes.c_void_p
+        api.PyInterpreterState_ThreadHead.argtypes = [ctypes.c_void_p]
+        api.PyThreadState_Next.restype = ctypes.c_void_p
+        api.PyThreadState_Next.argtypes = [ctypes.c_void_p]
+        api.PyThreadState_Get.restype = ctypes.c_void_p
+        api._PyEval_SetTrace.restype = ctypes.c_int
+        api._PyEval_SetTrace.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        self.api = api
+        me = api.PyThreadState_Get()
+        words = (ctypes.c_void_p * 64).from_address(me)
+
+        def probe(frame: Any, event: str, arg: Any) -> None:
+            return None
+
+        old = sys.gettrace()
+        sys.settrace(probe)
+        try:
+            hits = [i for i in range(64) if words[i] == id(probe)]
+        finally:
+            sys.settrace(old)
+        ident = threading.get_ident()
+        ids = [i for i in range(64) if words[i] == ident]
+        if len(hits) != 1 or not ids:
+            msg = "cannot find the trace slots of PyThreadState on this Python 3.11 build"
+            raise FreezeError(msg)
+        word = ctypes.sizeof(ctypes.c_void_p)
+        self.traceobj_off = hits[0] * word
+        self.tracefunc_off = self.traceobj_off - 2 * word
+        self.profilefunc_off = self.traceobj_off - 3 * word
+        self.ident_off = ids[0] * word
+
+    def all(self) -> Iterator[int]:
+        ts = self.api.PyInterpreterState_ThreadHead(self.api.PyInterpreterState_Get())
+        while ts:
+            yield ts
+            ts = self.api.PyThreadState_Next(ts)
+
+    def current(self) -> int:
+        return self.api.PyThreadState_Get()
+
+    def _word(self, ts: int, off: int) -> int:
+        return ctypes.c_void_p.from_address(ts + off).value or 0
+
+    def ident(self, ts: int) -> int:
+        return ctypes.c_ulong.from_address(ts + self.ident_off).value
+
+    def trace(self, ts: int) -> tuple[int, int]:
+        return self._word(ts, self.tracefunc_off), self._word(ts, self.traceobj_off)
+
+    def has_hook(self, ts: int) -> bool:
+        return bool(self._word(ts, self.tracefunc_off) or self._word(ts, self.profilefunc_off))
+
+    def set_trace(self, ts: int, func: int, obj: int) -> None:
+        self.api._PyEval_SetTrace(ts, func or None, obj or None)
+
+
+_tstates: _ThreadStates | None = None
+
+
+def thread_states() -> _ThreadStates:
+    """The 3.11 thread-state reader, built on first use."""
+    global _tstates
+    if _tstates is None:
+        _tstates = _ThreadStates()
+    return _tstates
+
+
+class _TraceHooks:
+    """Notifications and parking through per-thread C trace functions (3.11)."""
+
+    def __init__(self, freezer: Freezer) -> None:
+        self.f = freezer
+        self.ts = thread_states()
+        self.updater_ts = self.ts.current()  # built in the update thread, which is never traced
+        self.cfunc = _TRACEFUNC(self._trace)
+        self.func = ctypes.cast(self.cfunc, ctypes.c_void_p).value or 0
+        # tstate address -> the (func, obj) it had before, obj kept alive by `saved_objs`.
+        self.saved: dict[int, tuple[int, int]] = {}
+        self.saved_objs: list[object] = []
+        # Frames whose line/opcode events we switched, to restore at the end.
+        self.quiet: list[FrameType] = []
+        self.opcodes: list[FrameType] = []
+        self.watch_codes: frozenset[CodeType] = frozenset()
+
+    def _arm(self, ts: int) -> None:
+        func, obj = self.ts.trace(ts)
+        if func == self.func:
+            return
+        if obj:
+            # Keep the previous trace object alive: _PyEval_SetTrace drops its reference.
+            self.saved_objs.append(ctypes.cast(obj, ctypes.py_object).value)
+        self.saved[ts] = (func, obj)
+        self.ts.set_trace(ts, self.func, 0)
+
+    def _disarm_all(self) -> None:
+        for ts in self.ts.all():
+            if self.ts.trace(ts)[0] == self.func:
+                func, obj = self.saved.get(ts, (0, 0))
+                self.ts.set_trace(ts, func, obj)
+        self.saved.clear()
+        self.saved_objs.clear()
+
+    def watch(self, blocking: frozenset[CodeType], threads: Collection[int] | None) -> None:
+        self._disarm_all()
+        self.watch_codes = blocking
+        me = self.updater_ts
+        for ts in self.ts.all():
+            if ts != me and (threads is None or self.ts.ident(ts) in threads):
+                self._arm(ts)
+
+    def park(self) -> None:
+        self.rearm()
+        # A thread in a C call comes back in the middle of a line: opcode events catch it there.
+        me = self.f.updater
+        for ident, frame in sys._current_frames().items():
+            if ident != me and frame.f_code not in self.f.changed and not frame.f_trace_opcodes:
+                frame.f_trace_opcodes = True
+                self.opcodes.append(frame)
+
+    def rearm(self) -> None:
+        me = self.updater_ts
+        for ts in self.ts.all():
+            if ts != me:
+                self._arm(ts)
+
+    def unpark(self) -> None:
+        # Back to no hook at all; the caller arms the watch it needs next.
+        for frame in self.opcodes:
+            frame.f_trace_opcodes = False
+        self.opcodes.clear()
+        for frame in self.quiet:
+            frame.f_trace_lines = True
+        self.quiet.clear()
+        self._disarm_all()
+
+    def close(self) -> None:
+        self.unpark()
+
+    def _trace(self, _obj: int, frame: FrameType, what: int, _arg: int) -> int:
+        # Must never raise: ctypes would print the error and go on.
+        try:
+            self._event(frame, what)
+        except BaseException:
+            return 0
+        return 0
+
+    def _event(self, frame: FrameType, what: int) -> None:
+        f = self.f
+        if _thread.get_ident() == f.updater:
+            return
+        phase = f.phase
+        code = frame.f_code
+        if phase is Phase.WATCH or phase is Phase.OFF:
+            if what == _TRACE_RETURN and code in self.watch_codes:
+                f.returned(frame)
+            return
+        changed = code in f.changed
+        if phase is Phase.FROZEN:
+            if what == _TRACE_RETURN:
+                f.park_here(frame)
+            else:
+                if what == _TRACE_CALL and changed:
+                    _note_late_entry(f, frame)
+                f.park_here(None)
+            return
+        # PARK
+        if what == _TRACE_RETURN:
+            if changed:
+                if f.stack_clean(frame.f_back):
+                    f.park_here(frame)
+                else:
+                    f.notify()
+            elif f.stack_clean(frame.f_back):
+                f.park_here(frame)
+        elif changed:
+            if what == _TRACE_CALL:
+                f.entries += 1
+            elif what in (_TRACE_LINE, _TRACE_OPCODE):
+                # Full speed to the return, where the return event parks it.
+                frame.f_trace_lines = False
+                frame.f_trace_opcodes = False
+                self.quiet.append(frame)
+        elif f.stack_clean(frame):
+            f.park_here(None)
