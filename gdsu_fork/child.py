@@ -1,0 +1,281 @@
+"""The new environment, built inside the forked update child.
+
+The child loads the patch, executes the new sources into its copy of the modules, pairs old and
+new objects (merge.py), encodes the delta, and then *rehearses the commit*: it puts its modules
+back as they were, applies the decoded delta with the very function the parent will use, and runs
+the validations on the result. Only then does the parent see the delta.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import enum
+import gc
+import json
+import linecache
+import struct
+import sys
+import types
+from typing import Any
+
+from . import delta as delta_codec
+from .analysis import bindings, definitions
+from .commit import apply_ops
+from .delta import Delta, Op, OpKind
+from .env import Env
+from .errors import PatchError, UpdateRefused
+from .merge import Merge
+from .patch import Patch, load_patch
+from .report import ChangeKind
+from .sources import CURRENT_SOURCES, current_source, linecache_entry, source_filename, splice
+from .validations import (
+    APP_VALIDATIONS,
+    check_code_installed,
+    check_definitions_resolve,
+    run_validations,
+)
+
+
+class Mode(enum.StrEnum):
+    """How far the child goes."""
+
+    ANALYSE = "analyse"  # only what the patch affects (for the safe-point wait)
+    REHEARSE = "rehearse"  # everything, while the program runs on; the delta is thrown away
+    COMMIT = "commit"  # everything, in the pause; the parent applies the delta
+
+
+@dataclasses.dataclass
+class Job:
+    """What the parent hands to each child: the patch and the closures it found."""
+
+    patch: Patch | str
+    prior_functions: list[types.FunctionType] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Analysis:
+    """What the child tells the parent besides the delta (plain data, sent as JSON)."""
+
+    title: str = ""
+    changes: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    blocking: list[tuple[str, list[tuple[str, str]]]] = dataclasses.field(default_factory=list)
+    allowed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    nested: bool = False
+    migrated: int = 0
+
+
+def pack(analysis: Analysis, delta: bytes = b"") -> bytes:
+    """The child's answer: a length-prefixed JSON analysis, then the delta."""
+    header = json.dumps(dataclasses.asdict(analysis)).encode()
+    return struct.pack("!I", len(header)) + header + delta
+
+
+def unpack(data: bytes) -> tuple[Analysis, bytes]:
+    """Split the child's answer (parent side)."""
+    (size,) = struct.unpack("!I", data[:4])
+    fields = json.loads(data[4 : 4 + size])
+    analysis = Analysis(
+        title=fields["title"],
+        changes=[tuple(c) for c in fields["changes"]],
+        blocking=[(m, [tuple(s) for s in steps]) for m, steps in fields["blocking"]],
+        allowed=[tuple(a) for a in fields["allowed"]],
+        nested=fields["nested"],
+        migrated=fields["migrated"],
+    )
+    return analysis, data[4 + size :]
+
+
+class NewEnvironment:
+    """Builds the new version of every module a patch touches, in this (child) process."""
+
+    def __init__(self, patch: Patch) -> None:
+        self.patch = patch
+        self.merge = Merge()
+        self.snapshots: dict[str, dict[str, Any]] = {}
+        self.new_modules: list[types.ModuleType] = []
+        self.new_trees: dict[str, ast.Module] = {}
+
+    def build(self, functions: list[types.FunctionType]) -> None:
+        """Execute and merge every touched module, then the global migrations and closures."""
+        for name in self.patch.touched_modules():
+            module = sys.modules.get(name)
+            if module is not None:
+                self._update_module(module)
+            elif name in self.patch.modules:
+                self._add_module(name)
+            else:
+                msg = (
+                    f"the patch changes module {name}, which the running program has not "
+                    f"imported; give its whole source with patch.module({name!r}, ...) to add it"
+                )
+                raise PatchError(msg)
+        self._migrate_globals()
+        self._update_closures(functions)
+        if self.merge.refusals:
+            raise UpdateRefused(
+                "the update cannot keep identities:\n" + "\n".join(self.merge.refusals)
+            )
+
+    def _new_source(self, name: str, old_source: str | None) -> str:
+        definitions_ = [d for d in self.patch.definitions if d.target.module == name]
+        removals = [r for r in self.patch.removals if r.module == name]
+        if name in self.patch.modules:
+            base = self.patch.modules[name].source
+        elif old_source is not None:
+            base = old_source
+        else:  # pragma: no cover - current_source raised already
+            raise AssertionError(name)
+        return splice(base, name, definitions_, removals) if definitions_ or removals else base
+
+    def _update_module(self, module: types.ModuleType) -> None:
+        name = module.__name__
+        try:
+            old_source = current_source(module)
+        except PatchError:
+            if name not in self.patch.modules:
+                raise
+            old_source = ""
+        new_source = self._new_source(name, old_source)
+        filename = source_filename(module, name)
+        old_tree = ast.parse(old_source)
+        new_tree = ast.parse(new_source, filename)
+        code = compile(new_tree, filename, "exec", dont_inherit=True)
+        namespace = module.__dict__
+        snapshot = dict(namespace)
+        self.snapshots[name] = snapshot
+        for gone in bindings(old_tree.body).keys() - bindings(new_tree.body).keys():
+            namespace.pop(gone, None)
+        exec(code, namespace)
+        self.merge.merge_module(module, snapshot, old_tree, new_tree)
+        self.new_trees[name] = new_tree
+        self._register_source(name, filename, new_source)
+
+    def _add_module(self, name: str) -> None:
+        parent_name, _, leaf = name.rpartition(".")
+        parent = sys.modules.get(parent_name) if parent_name else None
+        if parent_name and parent is None:
+            msg = f"the patch adds module {name}, but its package {parent_name} is not imported"
+            raise PatchError(msg)
+        origin = self.patch.modules[name].origin
+        source = self._new_source(name, None)
+        module = types.ModuleType(name)
+        filename = origin if origin.endswith(".py") else f"<gdsu:{name}>"
+        module.__file__ = filename
+        if parent is not None:
+            module.__package__ = parent_name
+        tree = ast.parse(source, filename)
+        sys.modules[name] = module
+        exec(compile(tree, filename, "exec", dont_inherit=True), module.__dict__)
+        self.new_modules.append(module)
+        self.new_trees[name] = tree
+        self.merge.op(OpKind.SETITEM, sys.modules, name, module)
+        if parent is not None:
+            self.merge.op(OpKind.SETATTR, parent, leaf, module)
+        for defined in definitions(tree.body):
+            self.merge.change(name, defined, ChangeKind.ADDED)
+        self._register_source(name, filename, source)
+
+    def _register_source(self, name: str, filename: str, source: str) -> None:
+        self.merge.op(OpKind.SETITEM, linecache.cache, filename, linecache_entry(filename, source))
+        self.merge.op(OpKind.SETITEM, CURRENT_SOURCES, name, source)
+
+    def _migrate_globals(self) -> None:
+        env = self.env()
+        for name, fn in self.patch.global_migrations.items():
+            module_name, _, key = name.partition(":")
+            module = sys.modules.get(module_name)
+            if module is None or key not in module.__dict__:
+                msg = f"patch.migrate_global({name!r}): the running program has no global {name}"
+                raise PatchError(msg)
+            old_value = self.snapshots.get(module_name, module.__dict__).get(key)
+            value = fn(old_value, env)
+            module.__dict__[key] = value
+            self.merge.op(OpKind.SETITEM, module.__dict__, key, value)
+
+    def _update_closures(self, functions: list[types.FunctionType]) -> None:
+        nested = self.merge.nested
+        if not nested:
+            return
+        for fn in functions:
+            new_code = nested.get(fn.__code__)
+            if new_code is None:
+                continue
+            if fn.__code__.co_freevars != new_code.co_freevars:
+                self.merge.refusals.append(
+                    f"{fn.__module__}:{fn.__qualname__}: a live closure's free variables changed "
+                    f"from {fn.__code__.co_freevars} to {new_code.co_freevars}"
+                )
+                continue
+            self.merge.op(OpKind.SETATTR, fn, "__code__", new_code)
+
+    def restore(self) -> None:
+        """Put the modules back as they were at the fork, before applying the delta here."""
+        for name, snapshot in self.snapshots.items():
+            namespace = sys.modules[name].__dict__
+            namespace.clear()
+            namespace.update(snapshot)
+        for module in self.new_modules:
+            sys.modules.pop(module.__name__, None)
+            parent_name, _, leaf = module.__name__.rpartition(".")
+            parent = sys.modules.get(parent_name)
+            if parent is not None and parent.__dict__.get(leaf) is module:
+                del parent.__dict__[leaf]
+
+    def env(self) -> Env:
+        """The view given to migrations and validations."""
+        new = {
+            name: sys.modules[name].__dict__
+            for name in self.patch.touched_modules()
+            if name in sys.modules
+        }
+        return Env(self.snapshots, new)
+
+    def analysis(self) -> Analysis:
+        """The plain-data summary the parent needs."""
+        allowed = [(t.module, t.qualname) for t in self.patch.allowed_running]
+        return Analysis(
+            title=self.patch.title,
+            changes=[(c.name, str(c.kind)) for c in self.merge.changes],
+            blocking=[(module, list(steps)) for module, steps in self.merge.blocking],
+            allowed=allowed,
+            nested=bool(self.merge.nested),
+        )
+
+
+def _validate(environment: NewEnvironment, ops: list[Op]) -> None:
+    installed = [
+        (op.target, op.value)
+        for op in ops
+        if op.kind is OpKind.SETATTR
+        and op.key == "__code__"
+        and isinstance(op.target, types.FunctionType)
+    ]
+    check_code_installed(installed)
+    for name, tree in environment.new_trees.items():
+        check_definitions_resolve(sys.modules[name], definitions(tree.body))
+    env = environment.env()
+    run_validations("application", list(APP_VALIDATIONS), env)
+    run_validations("patch", environment.patch.validations, env)
+
+
+def run(job: Job, mode: Mode) -> bytes:
+    """The child's whole work; returns what `unpack` reads. Raises on any failure."""
+    functions = [
+        *job.prior_functions,
+        *(o for o in gc.get_objects() if type(o) is types.FunctionType),
+    ]
+    gc.freeze()  # from here on, gc.get_objects() lists only what this child creates
+    patch = job.patch if isinstance(job.patch, Patch) else load_patch(job.patch)
+    environment = NewEnvironment(patch)
+    environment.build(functions)
+    analysis = environment.analysis()
+    if mode is Mode.ANALYSE:
+        return pack(analysis)
+    delta = Delta(environment.new_modules, environment.merge.ops)
+    data = delta_codec.encode(delta, replacements=environment.merge.replacements)
+    environment.restore()
+    decoded = delta_codec.decode(data)
+    apply_ops(decoded.ops)
+    _validate(environment, decoded.ops)
+    return pack(analysis, data)

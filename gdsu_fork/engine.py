@@ -1,0 +1,235 @@
+"""The update pipeline: rehearse, wait for a safe point, pause, fork, commit or discard.
+
+Only this module moves between the phases of DESIGN §3; each phase's work lives in its own module.
+The program's own process never executes patch code: children do (child.py), and the parent only
+applies the delta they produced (commit.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import threading
+import time
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+
+from . import analysis as analysis_
+from . import delta as delta_codec
+from . import safepoint
+from .child import Analysis, Job, Mode, unpack
+from .child import run as child_run
+from .commit import apply_ops
+from .errors import GdsuError, SafePointTimeout
+from .isolate import ChildResult, run_forked
+from .patch import Patch
+from .progress import Phase, Progress, ProgressCallback
+from .report import Change, ChangeKind, Outcome, Report
+
+# One update at a time per process: two pauses cannot interleave.
+_UPDATE_LOCK = threading.Lock()
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def default_child_memory() -> int:
+    """How much the update child may grow: the memory the machine has available now."""
+    return int(psutil.virtual_memory().available)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Keep the cyclic collector from freeing anything the child's delta refers to."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@contextlib.contextmanager
+def _generation_mark() -> Iterator[None]:
+    """gc.freeze() so the child's gc.get_objects() lists only objects made since this point.
+
+    Skipped when the program uses gc.freeze itself: we must not unfreeze its objects.
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+class _Update:
+    """One run of the pipeline; holds its report as it fills in."""
+
+    def __init__(
+        self,
+        patch: Patch | str | os.PathLike[str],
+        timeout: float,
+        rehearse: bool,
+        progress: ProgressCallback | None,
+        child_memory: int | None,
+    ) -> None:
+        self.job = Job(patch if isinstance(patch, Patch) else str(Path(patch).resolve()))
+        self.timeout = timeout
+        self.rehearse = rehearse
+        self.progress = progress
+        self.child_memory = child_memory if child_memory is not None else default_child_memory()
+        self.report = Report(Outcome.DISCARDED)
+        self.started = time.perf_counter()
+
+    def emit(self, phase: Phase, message: str, **data: object) -> None:
+        if self.progress is not None:
+            with contextlib.suppress(Exception):  # a broken listener must not break the update
+                self.progress(Progress(phase, message, dict(data)))
+
+    def fork(self, mode: Mode) -> ChildResult:
+        return run_forked(
+            lambda: child_run(self.job, mode),
+            timeout=self.timeout,
+            memory=self.child_memory,
+            prepare=_child_prepare,
+            on_start=lambda pid: self.emit(Phase.CHILD, f"update child {pid} started", pid=pid),
+        )
+
+    def finish(self, outcome: Outcome, reason: str | None = None) -> Report:
+        self.report.outcome = outcome
+        self.report.reason = reason
+        self.report.timings["total"] = _ms(time.perf_counter() - self.started)
+        phase = {
+            Outcome.COMMITTED: Phase.COMMITTED,
+            Outcome.DISCARDED: Phase.DISCARDED,
+            Outcome.ABORTED: Phase.ABORTED,
+        }[outcome]
+        self.emit(phase, self.report.summary(), report=self.report.to_dict())
+        return self.report
+
+    def take_analysis(self, analysis: Analysis) -> None:
+        self.report.title = analysis.title
+        self.report.changes = [Change(name, ChangeKind(kind)) for name, kind in analysis.changes]
+        self.report.migrated = analysis.migrated
+
+    def run(self) -> Report:
+        first_mode = Mode.REHEARSE if self.rehearse else Mode.ANALYSE
+        self.emit(
+            Phase.REHEARSING if self.rehearse else Phase.ANALYSING, f"{first_mode} in a child"
+        )
+        result = self.fork(first_mode)
+        self.report.timings["rehearse"] = _ms(result.seconds)
+        if not result.ok:
+            return self.finish(Outcome.DISCARDED, result.reason)
+        analysis, _ = unpack(result.payload)
+        self.take_analysis(analysis)
+        codes = analysis_.blocking_codes([(m, tuple(s)) for m, s in analysis.blocking])  # type: ignore[misc]
+        allowed = _allowed_codes(analysis.allowed)
+        if analysis.nested:  # closures of changed nested code: found now, while the program runs
+            self.job.prior_functions = [
+                o for o in gc.get_objects() if type(o) is types.FunctionType
+            ]
+        with _generation_mark():
+            return self.wait_pause_commit(codes, allowed)
+
+    def wait_pause_commit(self, codes: set[types.CodeType], allowed: set[types.CodeType]) -> Report:
+        self.emit(Phase.WAITING, f"waiting for a safe point ({len(codes)} code objects)")
+        wait_started = time.perf_counter()
+
+        def on_blocked(blockers: list[safepoint.Blocker]) -> None:
+            self.emit(
+                Phase.WAITING,
+                "blocked by " + "; ".join(b.name for b in blockers),
+                blockers=[b.describe() for b in blockers],
+            )
+
+        try:
+            with (
+                safepoint.paused_at_safe_point(
+                    codes, allowed=allowed, timeout=self.timeout, on_blocked=on_blocked
+                ),
+                _collector_paused(),
+            ):
+                pause_started = time.perf_counter()
+                self.report.timings["wait"] = _ms(pause_started - wait_started)
+                self.emit(Phase.PAUSED, "program paused")
+                return self.commit_in_pause(pause_started)
+        except SafePointTimeout as exc:
+            self.report.timings["wait"] = _ms(time.perf_counter() - wait_started)
+            self.report.blockers = [b.describe() for b in getattr(exc, "blockers", [])]
+            return self.finish(Outcome.ABORTED, str(exc))
+
+    def commit_in_pause(self, pause_started: float) -> Report:
+        result = self.fork(Mode.COMMIT)
+        self.report.timings["child"] = _ms(result.seconds)
+        if not result.ok:
+            self.report.timings["pause"] = _ms(time.perf_counter() - pause_started)
+            return self.finish(Outcome.DISCARDED, result.reason)
+        analysis, data = unpack(result.payload)
+        self.take_analysis(analysis)
+        self.report.delta_bytes = len(data)
+        commit_started = time.perf_counter()
+        try:
+            decoded = delta_codec.decode(data)
+        except Exception as exc:
+            self.report.timings["pause"] = _ms(time.perf_counter() - pause_started)
+            return self.finish(Outcome.DISCARDED, f"the delta could not be decoded: {exc!r}")
+        self.emit(Phase.COMMITTING, f"committing {len(decoded.ops)} operations")
+        try:
+            apply_ops(decoded.ops)
+        except Exception as exc:
+            self.report.timings["pause"] = _ms(time.perf_counter() - pause_started)
+            return self.finish(Outcome.DISCARDED, f"the commit failed and was undone: {exc!r}")
+        now = time.perf_counter()
+        self.report.timings["commit"] = _ms(now - commit_started)
+        self.report.timings["pause"] = _ms(now - pause_started)
+        return self.finish(Outcome.COMMITTED)
+
+
+def _child_prepare() -> None:
+    """First thing in every update child: switch off hooks inherited from a pause."""
+    release = getattr(safepoint, "release_in_child", None)
+    if release is not None:
+        release()
+
+
+def _allowed_codes(allowed: list[tuple[str, str]]) -> set[types.CodeType]:
+    codes: set[types.CodeType] = set()
+    for module, qualname in allowed:
+        fn = analysis_.resolve_qualname(module, qualname)
+        if isinstance(fn, types.FunctionType):
+            codes.add(fn.__code__)
+    return codes
+
+
+def update(
+    patch: Patch | str | os.PathLike[str],
+    *,
+    timeout: float = 10.0,
+    rehearse: bool = True,
+    progress: ProgressCallback | None = None,
+    child_memory: int | None = None,
+) -> Report:
+    """Apply a patch (a `Patch` or the path of a patch file) to this running program.
+
+    Callable from any thread. Never raises for a failed update: the report says "discarded"
+    (the new environment failed: nothing changed) or "aborted" (no safe point in `timeout`
+    seconds), with the reason.
+    """
+    if not _UPDATE_LOCK.acquire(timeout=timeout):
+        return Report(Outcome.ABORTED, reason=f"another update was still running after {timeout} s")
+    try:
+        return _Update(patch, timeout, rehearse, progress, child_memory).run()
+    except GdsuError as exc:
+        return Report(Outcome.DISCARDED, reason=str(exc))
+    finally:
+        _UPDATE_LOCK.release()

@@ -1,0 +1,157 @@
+"""Running a piece of work in a forked child, with a deadline and a memory cap.
+
+Whatever the work does — raise, exit, loop, crash, exhaust memory — the calling process gets a
+`ChildResult` saying what happened, and the child is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import resource
+import select
+import signal
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+
+_OK, _FAILED = b"K", b"E"
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildResult:
+    """What the child sent back (`payload`) or why it did not (`reason`)."""
+
+    ok: bool
+    payload: bytes = b""
+    reason: str | None = None
+    seconds: float = 0.0
+
+
+def _virtual_size() -> int:
+    with open("/proc/self/statm", "rb") as f:
+        pages = int(f.read().split()[0])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _cap_memory(extra: int) -> None:
+    """Let the child grow by `extra` bytes of address space; beyond that, MemoryError."""
+    limit = _virtual_size() + extra
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _child_main(
+    write_fd: int, work: Callable[[], bytes], prepare: Callable[[], None], memory: int | None
+) -> None:
+    code = 1
+    try:
+        prepare()
+        if memory is not None:
+            _cap_memory(memory)
+        try:
+            payload = _OK + work()
+        except BaseException:
+            payload = _FAILED + traceback.format_exc().encode("utf-8", "replace")
+        _write_all(write_fd, payload)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def fork_quietly() -> int:
+    """os.fork without 3.12's warning about forking a multi-threaded process.
+
+    The warning machinery runs Python code (filters, showwarning) and would do so in the middle of
+    a pause; we know the child only runs our own single thread.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
+def _describe_exit(status: int, seconds: float) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        return (
+            f"the update child was killed by {name} ({signal.strsignal(sig)}) after {seconds:.2f} s"
+        )
+    code = os.WEXITSTATUS(status)
+    return (
+        f"the update child exited with status {code} before reporting "
+        f"(did the patch call os._exit or sys.exit?)"
+    )
+
+
+def run_forked(
+    work: Callable[[], bytes],
+    *,
+    timeout: float,
+    memory: int | None = None,
+    prepare: Callable[[], None] = lambda: None,
+    on_start: Callable[[int], None] | None = None,
+) -> ChildResult:
+    """Fork, run `work` in the child, and return its bytes or the reason it failed.
+
+    `prepare` runs first in the child (to switch off inherited hooks); `memory` caps the child's
+    growth in bytes; `on_start(pid)` lets a watcher follow the child. A child still running at
+    `timeout` seconds is killed.
+    """
+    read_fd, write_fd = os.pipe()
+    started = time.monotonic()
+    pid = fork_quietly()
+    if pid == 0:
+        os.close(read_fd)
+        _child_main(write_fd, work, prepare, memory)
+    os.close(write_fd)
+    if on_start is not None:
+        with contextlib.suppress(Exception):
+            on_start(pid)
+    chunks: list[bytes] = []
+    deadline = started + timeout
+    timed_out = False
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            ready, _, _ = select.select([read_fd], [], [], remaining)
+            if not ready:
+                continue
+            chunk = os.read(read_fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+        if timed_out:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    seconds = time.monotonic() - started
+    if timed_out:
+        return ChildResult(
+            False,
+            reason=f"the update child did not finish within {timeout:.1f} s and was killed",
+            seconds=seconds,
+        )
+    data = b"".join(chunks)
+    if data[:1] == _OK and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        return ChildResult(True, payload=data[1:], seconds=seconds)
+    if data[:1] == _FAILED:
+        return ChildResult(
+            False, reason=data[1:].decode("utf-8", "replace").rstrip(), seconds=seconds
+        )
+    return ChildResult(False, reason=_describe_exit(status, seconds), seconds=seconds)

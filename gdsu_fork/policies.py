@@ -1,0 +1,1 @@
+"""Reusable migration policies (filled in by the state-migration work)."""
