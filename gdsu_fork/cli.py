@@ -316,6 +316,60 @@ def run_keys(args: argparse.Namespace) -> int:
     return OK
 
 
+# -- diff ---------------------------------------------------------------------------------------
+
+
+def add_diff(commands: Any) -> None:
+    """gdsu-fork diff OLD NEW | gdsu-fork diff --git REV1..REV2 [-- PATHS...]."""
+    parser = commands.add_parser(
+        "diff",
+        help="generate a patch from two source trees, two files or a git range",
+        description=(
+            "Write a patch from OLD to NEW (two source trees or two files), or from REV1..REV2 "
+            "of a git repository (read from git, no checkout). The patch is ready to apply when "
+            "the defaults are safe and marks TODOs where business logic is needed."
+        ),
+        epilog="Example: gdsu-fork diff --git v1.0..HEAD -o patch.py -- src/",
+    )
+    parser.add_argument(
+        "paths", nargs="*", help="OLD NEW, or with --git the paths (relative to --repo) to diff"
+    )
+    parser.add_argument("--git", metavar="REV1..REV2", help="diff two revisions of a repository")
+    parser.add_argument("--repo", default=".", metavar="DIR", help="the repository (default .)")
+    parser.add_argument("--root", metavar="DIR", help="the directory on sys.path, if ambiguous")
+    parser.add_argument("-o", "--output", metavar="FILE", help="write the patch here (else stdout)")
+    parser.add_argument(
+        "--copy-sources", action="store_true", help="write new sources beside the patch file"
+    )
+    parser.set_defaults(handler=run_diff)
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    """Generate, write, and say on stderr what the patch does and whether it needs editing."""
+    from .diff import diff_git, diff_paths
+
+    if args.git:
+        generated = diff_git(args.git, repo=args.repo, paths=args.paths, root=args.root)
+    elif len(args.paths) == 2:
+        generated = diff_paths(args.paths[0], args.paths[1], root=args.root)
+    else:
+        msg = "diff needs OLD NEW (two trees or two files), or --git REV1..REV2 [-- PATHS...]"
+        raise UsageError(msg)
+    if args.copy_sources and not args.output:
+        msg = "--copy-sources needs -o FILE: the sources are written beside the patch file"
+        raise UsageError(msg)
+    if args.output:
+        generated.write(args.output, copy_sources=args.copy_sources)
+        _err(f"wrote {args.output}: {generated.summary()}")
+    else:
+        _out(generated.text().rstrip("\n"))
+    if not generated.modules:
+        _err("no Python module changed: the patch is empty")
+    elif generated.needs_edit:
+        _err("the patch has TODOs: edit the migrations it marks before applying it")
+    return OK
+
+
 COMMANDS: list[Callable[[Any], None]] = [
     add_update,
     add_status,
@@ -323,6 +377,7 @@ COMMANDS: list[Callable[[Any], None]] = [
     add_list,
     add_replay,
     add_keys,
+    add_diff,
 ]
 """Every subcommand's registration function, in the order `--help` lists them."""
 

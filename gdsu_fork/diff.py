@@ -812,7 +812,7 @@ def diff_paths(
     the new file's place on disk.
     """
     old_path, new_path = Path(old), Path(new)
-    title = title or f"diff {old_path.name} -> {new_path.name}"
+    title = title or f"diff {old_path} -> {new_path}"
     for p in (old_path, new_path):
         if not p.exists():
             msg = f"{p}: no such file or directory; pass two source trees or two files"
@@ -834,7 +834,7 @@ def diff_paths(
             raise PatchError(msg) from None
         name = module_name(rel, lambda d: True)
         versions = {name: (read_source(old_path), read_source(new_path))}
-        return diff_sources(versions, paths={name: new_path.name}, title=title)
+        return diff_sources(versions, paths={name: str(rel)}, title=title)
     old_files, new_files = python_files(old_path), python_files(new_path)
     packages = {f.parent for f in [*old_files, *new_files] if f.name == "__init__.py"}
     namer = _naming(
