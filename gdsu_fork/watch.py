@@ -37,7 +37,7 @@ from watchdog.observers import Observer
 
 from .diff import GeneratedPatch, diff_sources, module_name, python_files, read_source
 from .errors import GdsuError
-from .report import Report
+from .report import Outcome, Report
 
 # Linux reports the end of a write (IN_CLOSE_WRITE); other platforms only report modifications,
 # so there a save is taken once no event came for `_QUIET_WITHOUT_CLOSE` seconds.
@@ -346,3 +346,28 @@ class Watcher:
             paths[name] = self._relative(path)
         title = f"watch: {', '.join(sorted(paths.values()))}"
         return diff_sources(versions, paths=paths, title=title)
+
+
+def apply_through(
+    endpoint: str, *, curve_keys: str | None = None, timeout: float = 10.0
+) -> ApplyFn:
+    """An `apply` that sends each patch to a supervisor, as `gdsu-fork update --wait` would.
+
+    The update then takes the normal path: queued behind any other, journaled, rehearsed, applied
+    at a safe point. A connection failure raises; the watcher reports it and keeps watching.
+    """
+    from . import protocol
+    from .bundle import bundle_patch
+    from .client import Client, new_id
+
+    def apply(patch_path: Path) -> Report:
+        bundle = bundle_patch(patch_path)
+        request = protocol.Update(new_id(), bundle, timeout=timeout, wait=True)
+        with Client(endpoint, curve_keys=curve_keys) as client:
+            reply = client.request(request, idle_timeout=4 * timeout + 90.0)
+        if isinstance(reply, protocol.Error):
+            return Report(outcome=Outcome.ABORTED, reason=reply.message)
+        assert isinstance(reply, protocol.ReportReply)
+        return Report.from_dict(reply.report)
+
+    return apply

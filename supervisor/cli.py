@@ -81,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-message", type=parse_size, default=16 * 2**20, help=argparse.SUPPRESS
     )
+    parser.add_argument(
+        "--watch",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="live programming: apply every save of a .py file under DIR (repeatable)",
+    )
     parser.add_argument("-m", dest="module", metavar="MODULE", help="run a module, as python -m")
     parser.add_argument("program", nargs=argparse.REMAINDER, help="script.py [args...]")
     return parser
@@ -99,6 +107,9 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             parser.error(f"script {rest[0]!r} does not exist; give the path of a Python file")
     else:
         parser.error("nothing to run: give a script (gdsu-supervise app.py) or -m module")
+    for folder in args.watch:
+        if not folder.is_dir():
+            parser.error(f"--watch {folder}: not a directory; give the program's source directory")
     if args.control and not args.control.startswith("ipc://") and not args.curve_keys:
         parser.error(
             f"--control {args.control} would let anyone who reaches it run code in the app; "
@@ -114,6 +125,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         child_memory=args.child_memory,
         stop_timeout=args.stop_timeout,
         max_message=args.max_message,
+        watch=tuple(args.watch),
     )
 
 

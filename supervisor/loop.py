@@ -22,6 +22,7 @@ import zmq
 
 from gdsu_fork import protocol
 from gdsu_fork.report import Outcome
+from gdsu_fork.watch import Watcher, apply_through
 
 from .control import AgentLink, ControlEndpoint
 from .journal import Journal, StalePatch, module_records
@@ -64,6 +65,7 @@ class Config:
     child_memory: int | None = None
     stop_timeout: float = 10.0
     max_message: int = protocol.MAX_MESSAGE_BYTES
+    watch: tuple[Path, ...] = ()
 
 
 @dataclasses.dataclass
@@ -127,7 +129,7 @@ class Supervisor:
         signals = SignalQueue()  # first: every thread started later inherits the blocked mask
         claim = NameClaim(runtime_dir(), self.name)
         context = zmq.Context()
-        control = agents = None
+        control = agents = watcher = None
         try:
             endpoint = self.config.control or ipc_endpoint(claim.socket_path("ipc"))
             control = ControlEndpoint(
@@ -150,8 +152,12 @@ class Supervisor:
                 )
             )
             self._start_app()
+            if self.config.watch:
+                watcher = self._start_watcher()
             self._serve(signals)
         finally:
+            if watcher is not None:
+                watcher.stop()
             if self.app is not None and self.app.poll() is None:
                 self.app.kill()
                 self.app.popen.wait()
@@ -162,6 +168,17 @@ class Supervisor:
             claim.release()
         assert self.exit_status is not None
         return exit_code(self.exit_status)
+
+    def _start_watcher(self) -> Watcher:
+        """--watch: each save becomes an update sent to our own control endpoint (journaled)."""
+        script = self.config.program.script
+        watcher = Watcher(
+            self.config.watch,
+            apply_through(self.endpoint, curve_keys=self.config.curve_keys),
+            names={script: "__main__"} if script else None,
+        )
+        watcher.start()
+        return watcher
 
     def _serve(self, signals: SignalQueue) -> None:
         poller = zmq.Poller()

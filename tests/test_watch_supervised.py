@@ -1,0 +1,73 @@
+"""gdsu-supervise --watch end to end: real supervisor, real app, saves made by renaming a temp file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from apps.supervised import GREETER, Supervised, wait_for
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="saves are detected by inotify close events"
+)
+
+DEADLINE = 30.0
+
+
+def save(path: Path, text: str) -> None:
+    """Save as many editors do: write a temporary file, then rename it over the original."""
+    temp = path.with_name(f".{path.name}.swp")
+    temp.write_text(text)
+    os.replace(temp, path)
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[tuple[Supervised, Path]]:
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("server.py", "greeting.py"):
+        shutil.copy(GREETER / name, source / name)
+    supervised = Supervised(tmp_path, "--watch", str(source), script=source / "server.py")
+    try:
+        yield supervised, source
+    finally:
+        supervised.close()
+        print(f"--- output ---\n{supervised.output()}")  # shown when the test fails
+
+
+def test_saves_apply_live_and_a_bad_save_keeps_the_last_good_version(app):
+    supervised, source = app
+    supervised.wait_running()
+    assert supervised.get("/x") == "v1 /x"
+    greeting = source / "greeting.py"
+
+    save(greeting, 'def greet(path):\n    return "v2 " + path\n')
+    wait_for(
+        lambda: "watch: greeting.py: changed greeting:greet -> committed" in supervised.output(),
+        DEADLINE,
+        "the first save to be committed",
+    )
+    assert supervised.get("/x") == "v2 /x"
+
+    save(greeting, "def greet(path):\n    return 'v3 ' +\n")
+    wait_for(
+        lambda: "greeting.py does not compile yet (line 2" in supervised.output(),
+        DEADLINE,
+        "the broken save to be reported",
+    )
+    save(greeting, 'raise RuntimeError("top level fails")\n')
+    wait_for(
+        lambda: "RuntimeError: top level fails" in supervised.output(),
+        DEADLINE,
+        "the failing save to be discarded",
+    )
+    assert supervised.get("/x") == "v2 /x", "a failed save leaves the last good version running"
+
+    save(greeting, 'def greet(path):\n    return "v4 " + path\n')
+    wait_for(lambda: supervised.get("/x") == "v4 /x", DEADLINE, "the next good save to apply")
+    journal = supervised.cli("history", "--name", "greeter", "--json").stdout
+    assert journal.count('"source": "client"') >= 3, journal
