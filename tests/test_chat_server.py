@@ -275,6 +275,7 @@ def test_concurrent_clients_lose_and_duplicate_nothing(server: ChatServer) -> No
             "messages": 404,
             "classes": {"ChMessage": 404},
             "senderless": {"ChMessage": 4},
+            "high_water": dict.fromkeys(received),
         }
     expected = sorted(f"{i}-{k}" for i in range(4) for k in range(100))
     for user, got in received.items():

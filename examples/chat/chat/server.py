@@ -69,11 +69,21 @@ def _post(chat: Chat, req: Request) -> Reply:
 
 
 def _stats(chat: Chat, req: Request) -> Reply:
-    """How many messages of each class, and of each class how many have no sender."""
+    """For benchmarks and tests of live updates: what the REST routes cannot show.
+
+    How many messages of each class, of each class how many have no sender, and each user's
+    queue's `high_water` attribute (None unless the core_queue patch gave queues one).
+    """
     messages = chat.messages()
     classes = collections.Counter(type(m).__name__ for m in messages)
     senderless = collections.Counter(type(m).__name__ for m in messages if m.sender is None)
-    return 200, {"messages": len(messages), "classes": classes, "senderless": senderless}
+    high_water = {u.username: getattr(u.pending, "high_water", None) for u in chat.users.values()}
+    return 200, {
+        "messages": len(messages),
+        "classes": classes,
+        "senderless": senderless,
+        "high_water": high_water,
+    }
 
 
 # (method, path pattern) -> route; "*" matches one path segment and becomes an argument.
