@@ -13,6 +13,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import greeting
 
+# Memory the app has written (so it is resident); a patch that rewrites it in the update child
+# copies every page: tests use it to drive the child's own memory up.
+BALLAST = bytearray(b"\x01") * (int(os.environ.get("GREETER_BALLAST_MB", "0")) * 2**20)
+
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
