@@ -152,10 +152,10 @@ def prepare(url: str, messages: int) -> None:
             conn.request(Call("POST", f"/user/{user_name(i)}/pendingMessages"))
 
 
-def stats(url: str) -> dict[str, Any]:
-    """The server's GET /_stats: message count, per class, and senderless per class."""
+def stats(url: str, *, detail: bool = True) -> dict[str, Any]:
+    """The server's GET /_stats: message count, and with `detail` per class and senderless."""
     with Connection.to(url, timeout=60) as conn:
-        response = conn.get("/_stats")
+        response = conn.get("/_stats" if detail else "/_stats?detail=0")
         if response.status != 200:
             msg = f"GET /_stats answered {response.status}; start the server with --stats"
             raise RuntimeError(msg)

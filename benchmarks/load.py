@@ -111,7 +111,7 @@ def run(args: LoadConfig) -> dict[str, Any]:
         def during(t0: float) -> None:
             # Sleeping to a point of the schedule, not waiting for an event.
             time.sleep(max(0.0, t0 + args.update_at - 1.0 - time.monotonic()))
-            live.update(cb.stats(server.url))
+            live.update(cb.stats(server.url, detail=False))
             time.sleep(max(0.0, t0 + args.update_at - time.monotonic()))
             began = time.monotonic()
             update["report"] = updater(server, args)

@@ -285,6 +285,13 @@ def test_concurrent_clients_lose_and_duplicate_nothing(server: ChatServer) -> No
             assert own == [f"{i}-{k}" for k in range(100)]
 
 
+def test_stats_count_only(conn: Connection) -> None:
+    make_users(conn, "ann")
+    conn.put("/room/r")
+    conn.post("/room/r/ann", "x")
+    assert conn.get("/_stats?detail=0").json() == {"messages": 1}
+
+
 def test_stats_route_is_off_by_default() -> None:
     with running_server() as srv, Connection("127.0.0.1", srv.server_address[1]) as c:
         assert c.get("/_stats").status == 404
