@@ -391,6 +391,11 @@ def _names(names: Iterable[str] | None) -> str:
     return ", ".join(names) or "(none)"
 
 
+def _first(names: Sequence[str], limit: int) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
 def _decos(decorators: Sequence[str]) -> str:
     return " ".join(f"@{d}" for d in decorators) or "(none)"
 
@@ -590,15 +595,15 @@ class GeneratedPatch:
         """True when a TODO must be filled before the patch can apply."""
         return any(c.todo_fields and not c.declared for m in self.modules for c in m.migrated)
 
-    def summary(self) -> str:
-        """One short line: what changed and what is migrated."""
+    def summary(self, limit: int = 4) -> str:
+        """One short line: what changed and what is migrated (at most `limit` names per kind)."""
         parts = []
         for kind in ChangeKind:
             names = [c.name for c in self.changes if c.kind is kind]
             if names:
-                parts.append(f"{kind} {', '.join(names)}")
+                parts.append(f"{kind} {_first(names, limit)}")
         if self.migrated:
-            parts.append(f"migrates {', '.join(self.migrated)}")
+            parts.append(f"migrates {_first(self.migrated, limit)}")
         if not parts:
             parts.append(f"new source of {', '.join(m.name for m in self.modules)}")
         return "; ".join(parts)
@@ -908,13 +913,13 @@ def diff_git(
     versions: dict[str, tuple[str | None, str | None]] = {}
     where: dict[str, str] = {}
     for rel in changed:
-        sides = tuple(
-            _decode_source(_git(top, "show", f"{rev}:{rel}")) if rel in tree else None
-            for rev, tree in zip((rev1, rev2), trees, strict=True)
-        )
         name = namer(rel)
         if name is None:
             continue
-        versions[name] = sides  # type: ignore[assignment]
+        old, new = (
+            _decode_source(_git(top, "show", f"{rev}:{rel}")) if rel in tree else None
+            for rev, tree in zip((rev1, rev2), trees, strict=True)
+        )
+        versions[name] = (old, new)
         where[name] = str(rel)
     return diff_sources(versions, paths=where, title=f"git {rev_range}")

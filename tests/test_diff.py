@@ -186,3 +186,10 @@ def test_generated_text_is_valid_python_for_every_scenario(tmp_path):
         where.mkdir()
         text = generate(where, scenario).text()
         compile(text, f"{scenario}-patch.py", "exec")
+
+
+def test_summary_is_one_short_line():
+    old = "".join(f"def f{i}():\n    return 0\n" for i in range(7))
+    new = "".join(f"def f{i}():\n    return 1\n" for i in range(7))
+    summary = diff_sources({"m": (old, new)}).summary()
+    assert summary == "changed m:f0, m:f1, m:f2, m:f3 and 3 more"
