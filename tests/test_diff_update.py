@@ -141,3 +141,37 @@ def test_a_generated_todo_refuses_the_update_and_changes_nothing(live_module, tm
     assert not report.committed
     assert "gains field(s) e with no evident default" in (report.reason or "")
     assert vars(acc) == {"c": 250}
+
+
+def test_a_declared_validation_refusing_a_save_keeps_the_last_good_version(live_module):
+    load, path = live_module
+    module = load("def value():\n    return 1\n")
+    refuse = "def __gdsu_validate__(env):\n    return False\n"
+    accept = "def __gdsu_validate__(env):\n    return env.new[__name__ + ':value']() == 3\n"
+    results: queue.Queue[SaveResult] = queue.Queue()
+    with Watcher([path.parent], gdsu_fork.update, on_result=results.put):
+        path.write_text("def value():\n    return 2\n\n\n" + refuse)
+        refused = results.get(timeout=DEADLINE)
+        assert not refused.committed
+        assert f"declared_validation_{module.__name__}" in (refused.reason or "")
+        assert module.value() == 1
+        path.write_text("def value():\n    return 3\n\n\n" + accept)
+        accepted = results.get(timeout=DEADLINE)
+    assert accepted.committed, accepted.line()
+    assert module.value() == 3
+
+
+def test_a_burst_of_rename_saves_ends_on_the_last_version(live_module):
+    load, path = live_module
+    module = load("def value():\n    return 0\n")
+    results: queue.Queue[SaveResult] = queue.Queue()
+    with Watcher([path.parent], gdsu_fork.update, on_result=results.put) as watcher:
+        for number in range(1, 11):
+            temp = path.with_name(f".{path.name}.{number}")
+            temp.write_text(f"def value():\n    return {number}\n")
+            os.replace(temp, path)
+        last = "def value():\n    return 10\n"
+        while watcher.applied_source(path) != last:
+            result = results.get(timeout=DEADLINE)
+            assert result.committed, result.line()
+    assert module.value() == 10
