@@ -235,5 +235,4 @@ def test_tcp_control_accepts_only_known_curve_keys(supervise: Start, tmp_path: P
 
 
 def _journal(app: Supervised) -> list[dict]:
-    path = app.tmp_path / "state" / "gdsu" / app.name / "journal.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return app.journal()

@@ -213,5 +213,4 @@ def test_restart_warns_about_lost_patches_and_replay_restores_them(start) -> Non
 
 
 def _journal(app: Supervised) -> list[dict]:
-    path = app.tmp_path / "state" / "gdsu" / app.name / "journal.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return app.journal()

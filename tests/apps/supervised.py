@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -48,7 +49,11 @@ def run_cli(
 
 
 class Supervised:
-    """gdsu-supervise [options] -- script args, with private runtime and state directories."""
+    """gdsu-supervise [options] -- script args, with private runtime and state directories.
+
+    `launcher` replaces the gdsu-supervise command, for programs that use the supervisor as a
+    library.
+    """
 
     def __init__(
         self,
@@ -57,6 +62,7 @@ class Supervised:
         script: Path = GREETER / "server.py",
         args: tuple[str, ...] | None = None,
         name: str = "greeter",
+        launcher: tuple[str, ...] = (sys.executable, "-m", "supervisor.cli"),
     ) -> None:
         self.tmp_path = tmp_path
         # A short runtime dir: a Unix socket path holds 107 bytes, pytest's tmp_path is long.
@@ -71,7 +77,7 @@ class Supervised:
         self.portfile = tmp_path / f"{name}.port"
         self.out_path, self.err_path = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
         program = [str(script), *(args if args is not None else (str(self.portfile),))]
-        cmd = [sys.executable, "-m", "supervisor.cli", "--name", name, *options, "--", *program]
+        cmd = [*launcher, "--name", name, *options, "--", *program]
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=err, cwd=tmp_path)
 
@@ -106,6 +112,13 @@ class Supervised:
             return status if status["state"] == "running" and self.portfile.exists() else None
 
         return wait_for(ready, timeout, f"app {self.name} to run\n{self.output()}")
+
+    def journal(self) -> list[dict[str, Any]]:
+        """The app's journal records, oldest first."""
+        path = self.tmp_path / "state" / "gdsu" / self.name / "journal.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines()]
 
     @property
     def port(self) -> int:
