@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
 import pwd
+import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import zmq
 from apps.supervised import APPS, Supervised, run_cli, wait_for
@@ -236,3 +243,68 @@ def test_tcp_control_accepts_only_known_curve_keys(supervise: Start, tmp_path: P
 
 def _journal(app: Supervised) -> list[dict]:
     return app.journal()
+
+
+def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
+    """Read a pty until `needle` appears or the other side closes; fail at the deadline."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while needle not in data:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {needle!r} within {timeout} s; got {data!r}"
+        if select.select([fd], [], [], left)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: every process holding the terminal has exited
+                return data
+            if not chunk:
+                return data
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize("sender", ["terminal", "kill"])
+def test_sigint_reaches_the_app_exactly_once(tmp_path: Path, sender: str) -> None:
+    runtime = Path(tempfile.mkdtemp(prefix="gdsu-rt-", dir="/tmp"))
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime), XDG_STATE_HOME=str(tmp_path))
+    cmd = [sys.executable, "-m", "supervisor.cli", "--name", "counter"]
+    cmd.append(str(APPS / "count_sigint.py"))
+    pid, fd = pty.fork()
+    if pid == 0:  # the supervisor, session leader of a new terminal, as in a shell
+        try:
+            os.execve(sys.executable, cmd, env)
+        finally:
+            os._exit(127)
+    try:
+        _read_until(fd, b"ready", 30)
+        endpoint = f"ipc://{runtime}/gdsu/counter.ipc"
+        with Client(endpoint, connect_timeout=10) as client:
+            wait_for(
+                lambda: client.request(protocol.Status(new_id())).status["state"] == "running",
+                20,
+                "the agent",
+            )
+        if sender == "terminal":
+            os.write(fd, b"\x03")  # Ctrl-C: the terminal signals the whole foreground group
+        else:
+            os.kill(pid, signal.SIGINT)  # only the supervisor: it must forward the signal
+        output = _read_until(fd, b"sigints", 30) + _read_until(fd, b"\n", 10)
+        assert b"sigints 1" in output
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG) == (0, 0):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        os.close(fd)
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_app_stops_when_the_supervisor_is_killed(supervise: Start) -> None:
+    app = supervise()
+    pid = app.wait_running()["app_pid"]
+    app.proc.kill()  # SIGKILL: the supervisor cannot forward anything
+    app.proc.wait(10)
+    wait_for(lambda: not psutil.pid_exists(pid), 10, "the orphaned app to stop")
+    assert "bye" in app.output()  # it got SIGTERM (parent-death signal) and shut down cleanly
