@@ -107,11 +107,18 @@ def _decorator_names(node: ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
     return names
 
 
+# Classes whose annotated class-level names are their instances' fields.
+_FIELD_DECORATORS = frozenset({"dataclass", "define", "frozen", "mutable"})  # dataclasses, attrs
+_FIELD_BASES = {"NamedTuple": "namedtuple", "BaseModel": "model"}  # typing, pydantic
+
+
 def _class_kind(node: ast.ClassDef) -> str:
-    if "dataclass" in _decorator_names(node):
+    if _FIELD_DECORATORS & set(_decorator_names(node)):
         return "dataclass"
-    if any(ast.unparse(b).rsplit(".", 1)[-1] == "NamedTuple" for b in node.bases):
-        return "namedtuple"
+    for base in node.bases:
+        kind = _FIELD_BASES.get(ast.unparse(base).rsplit(".", 1)[-1])
+        if kind is not None:
+            return kind
     return "plain"
 
 
@@ -124,8 +131,8 @@ def _literal_default(expr: ast.expr) -> Default | None:
         and not expr.args
         and not expr.keywords
     ):
-        if isinstance(expr, ast.Call):
-            return Default(factory=expr.func.id)  # type: ignore[union-attr]
+        if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name):
+            return Default(factory=expr.func.id)
         try:
             ast.literal_eval(expr)
         except ValueError:
@@ -205,11 +212,11 @@ def _class_info(node: ast.ClassDef, qualname: str) -> ClassInfo:
 
     for stmt in node.body:
         if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-            name = stmt.target.id
+            declared_field = stmt.target.id
             if kind != "plain" and "ClassVar" not in ast.unparse(stmt.annotation):
-                fields[name] = _dataclass_default(stmt.value)
+                fields[declared_field] = _dataclass_default(stmt.value)
                 has_default = stmt.value is not None
-                uses[name] = Counter([f"<class>:{_dump(stmt.annotation)}:{has_default}"])
+                uses[declared_field] = Counter([f"<class>:{_dump(stmt.annotation)}:{has_default}"])
         elif isinstance(stmt, ast.Assign):
             targets = [t.id for t in stmt.targets if isinstance(t, ast.Name)]
             if "__slots__" in targets:
@@ -232,18 +239,18 @@ def _class_info(node: ast.ClassDef, qualname: str) -> ClassInfo:
             name = _self_attr(sub, self_name)
             if name is None:
                 continue
-            parent = parents[sub]
+            parent: ast.AST = parents[sub]
             # A use is where the field sits (two levels up), so `math.hypot(self.x, ...)` and
             # `math.hypot(self.a, ...)` match whatever else the statement holds.
             feature = f"{stmt.name}:{_role(sub, parent)}<{_role(parent, parents.get(parent))}"
+            value = parent.value if isinstance(parent, ast.Assign) else None
             assigned = isinstance(parent, ast.Assign) and parent.targets == [sub]
-            if assigned and isinstance(parent.value, ast.Name) and parent.value.id in params:
-                feature += f":param{params.index(parent.value.id)}"
+            if assigned and isinstance(value, ast.Name) and value.id in params:
+                feature += f":param{params.index(value.id)}"
             uses.setdefault(name, Counter())[feature] += 1
             if isinstance(sub.ctx, ast.Store) and name not in fields:  # type: ignore[attr-defined]
                 fields[name] = None
-            if stmt.name == "__init__" and assigned and fields.get(name) is None:
-                value = parent.value  # type: ignore[attr-defined]
+            if stmt.name == "__init__" and assigned and value and fields.get(name) is None:
                 if isinstance(value, ast.Name) and value.id in init_defaults:
                     value = init_defaults[value.id]
                 fields[name] = _literal_default(value)
@@ -826,25 +833,37 @@ def diff_paths(
         msg = f"{old_path} and {new_path}: one is a file, the other a directory; pass two of a kind"
         raise PatchError(msg)
     if new_path.is_file():
-        folder = new_path.resolve().parent
-        if root is not None:
-            folder = Path(root).resolve()
-        else:
-            while (folder / "__init__.py").exists() and folder.parent != folder:
-                folder = folder.parent
-        try:
-            rel = PurePosixPath(new_path.resolve().relative_to(folder).as_posix())
-        except ValueError:
-            msg = f"{new_path}: lies outside the root {root}; pass a --root that contains it"
-            raise PatchError(msg) from None
-        name = module_name(rel, lambda d: True)
-        versions = {name: (read_source(old_path), read_source(new_path))}
-        return diff_sources(versions, paths={name: str(rel)}, title=title)
-    old_files, new_files = python_files(old_path), python_files(new_path)
+        return _diff_files(old_path, new_path, root=root, title=title)
+    return _diff_trees(old_path, new_path, root=root, title=title)
+
+
+def _diff_files(
+    old: Path, new: Path, *, root: str | os.PathLike[str] | None, title: str
+) -> GeneratedPatch:
+    folder = new.resolve().parent
+    if root is not None:
+        folder = Path(root).resolve()
+    else:
+        while (folder / "__init__.py").exists() and folder.parent != folder:
+            folder = folder.parent
+    try:
+        rel = PurePosixPath(new.resolve().relative_to(folder).as_posix())
+    except ValueError:
+        msg = f"{new}: lies outside the root {root}; pass a --root that contains it"
+        raise PatchError(msg) from None
+    name = module_name(rel, lambda d: True)
+    versions: dict[str, tuple[str | None, str | None]] = {
+        name: (read_source(old), read_source(new))
+    }
+    return diff_sources(versions, paths={name: str(rel)}, title=title)
+
+
+def _diff_trees(
+    old: Path, new: Path, *, root: str | os.PathLike[str] | None, title: str
+) -> GeneratedPatch:
+    old_files, new_files = python_files(old), python_files(new)
     packages = {f.parent for f in [*old_files, *new_files] if f.name == "__init__.py"}
-    namer = _naming(
-        _root_in_tree(root, new_path) if root is not None else None, packages.__contains__
-    )
+    namer = _naming(_root_in_tree(root, new) if root is not None else None, packages.__contains__)
     versions: dict[str, tuple[str | None, str | None]] = {}
     paths: dict[str, str] = {}
     for rel in sorted(old_files.keys() | new_files.keys()):

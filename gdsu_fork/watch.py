@@ -233,7 +233,8 @@ class Watcher:
                     stop = True
                     break
                 batch.append(more)
-            saved = {p for p, version in batch if version > self._seen[p]}  # type: ignore[misc]
+            notices: list[tuple[Path, int]] = batch  # type: ignore[assignment]
+            saved = {path for path, version in notices if version > self._seen[path]}
             if saved:
                 try:
                     result = self._handle(saved)

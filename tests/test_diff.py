@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gdsu_fork.diff import GeneratedPatch, diff_paths, diff_sources
+from gdsu_fork.diff import Default, GeneratedPatch, diff_paths, diff_sources
 from gdsu_fork.errors import PatchError
 from gdsu_fork.report import Change, ChangeKind
 
@@ -193,3 +193,17 @@ def test_summary_is_one_short_line():
     new = "".join(f"def f{i}():\n    return 1\n" for i in range(7))
     summary = diff_sources({"m": (old, new)}).summary()
     assert summary == "changed m:f0, m:f1, m:f2, m:f3 and 3 more"
+
+
+@pytest.mark.parametrize(
+    ("header", "kind"),
+    [
+        ("import attrs\n\n@attrs.define\nclass P:\n", "dataclass"),
+        ("from pydantic import BaseModel\n\nclass P(BaseModel):\n", "model"),
+    ],
+)
+def test_annotated_fields_of_attrs_and_pydantic_classes(header, kind):
+    old, new = header + "    a: int\n", header + "    a: int\n    b: str = 'x'\n"
+    (cls,) = diff_sources({"m": (old, new)}).modules[0].classes
+    assert cls.new.kind == kind
+    assert cls.added == {"b": Default(value="'x'")}
