@@ -169,3 +169,86 @@ def resolve_qualname(module: str, qualname: str) -> Any:
 def live_closures(codes: set[types.CodeType], objects: list[Any]) -> list[types.FunctionType]:
     """The functions among `objects` that run one of `codes` (closures made at run time)."""
     return [o for o in objects if type(o) is types.FunctionType and o.__code__ in codes]
+
+
+def _self_attribute(node: ast.AST, self_name: str) -> str | None:
+    if (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == self_name
+        and isinstance(node.ctx, ast.Store)
+    ):
+        return node.attr
+    return None
+
+
+def _method_fields(method: ast.FunctionDef | ast.AsyncFunctionDef) -> Iterator[str]:
+    args = method.args.posonlyargs + method.args.args
+    if not args or any(
+        isinstance(d, ast.Name) and d.id in ("staticmethod", "classmethod")
+        for d in method.decorator_list
+    ):
+        return
+    self_name = args[0].arg
+    for node in ast.walk(method):
+        name = _self_attribute(node, self_name)
+        if name is not None:
+            yield name
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "setattr"
+        ):
+            if node.args and isinstance(node.args[0], ast.Name) and node.args[0].id == self_name:
+                key = node.args[1] if len(node.args) > 1 else None
+                if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                    yield key.value
+
+
+def _is_classvar(annotation: ast.expr) -> bool:
+    target = annotation.value if isinstance(annotation, ast.Subscript) else annotation
+    return (isinstance(target, ast.Name) and target.id == "ClassVar") or (
+        isinstance(target, ast.Attribute) and target.attr == "ClassVar"
+    )
+
+
+def class_fields(body: list[ast.stmt]) -> frozenset[str]:
+    """The instance fields a class body declares: `self.x = ...` in its methods, annotated class
+    attributes (dataclasses, NamedTuples) that are not ClassVars, and `__slots__`."""
+    fields: set[str] = set()
+    for stmt in body:
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
+            fields.update(_method_fields(stmt))
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            if not _is_classvar(stmt.annotation):
+                fields.add(stmt.target.id)
+        elif isinstance(stmt, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__slots__" for t in stmt.targets
+        ):
+            value = stmt.value
+            items = value.elts if isinstance(value, ast.Tuple | ast.List) else [value]
+            fields.update(
+                e.value for e in items if isinstance(e, ast.Constant) and isinstance(e.value, str)
+            )
+    return frozenset(fields)
+
+
+def subclasses_of(classes: set[type]) -> set[type]:
+    """The classes and all their subclasses, transitively."""
+    found: set[type] = set()
+    pending = list(classes)
+    while pending:
+        cls = pending.pop()
+        if cls in found:
+            continue
+        found.add(cls)
+        try:
+            pending.extend(type.__subclasses__(cls))
+        except TypeError:
+            continue
+    return found
+
+
+def instances_of(classes: set[type], objects: list[Any]) -> list[Any]:
+    """Objects among `objects` whose exact type is one of `classes`."""
+    return [o for o in objects if type(o) in classes]

@@ -26,6 +26,7 @@ from .delta import Delta, Op, OpKind
 from .env import Env
 from .errors import PatchError, UpdateRefused
 from .merge import Merge
+from .migrate import Migration, qualified
 from .patch import Patch, load_patch
 from .report import ChangeKind
 from .sources import CURRENT_SOURCES, current_source, linecache_entry, source_filename, splice
@@ -50,7 +51,8 @@ class Job:
     """What the parent hands to each child: the patch and the closures it found."""
 
     patch: Patch | str
-    prior_functions: list[types.FunctionType] = dataclasses.field(default_factory=list)
+    # objects the parent found while the program ran: closures and instances the update needs
+    prior_objects: list[Any] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -63,6 +65,7 @@ class Analysis:
     allowed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     nested: bool = False
     migrated: int = 0
+    affected: list[str] = dataclasses.field(default_factory=list)  # "module:qualname" of classes
 
 
 def pack(analysis: Analysis, delta: bytes = b"") -> bytes:
@@ -82,6 +85,7 @@ def unpack(data: bytes) -> tuple[Analysis, bytes]:
         allowed=[tuple(a) for a in fields["allowed"]],
         nested=fields["nested"],
         migrated=fields["migrated"],
+        affected=list(fields["affected"]),
     )
     return analysis, data[4 + size :]
 
@@ -243,7 +247,7 @@ class NewEnvironment:
         )
 
 
-def _validate(environment: NewEnvironment, ops: list[Op]) -> None:
+def _validate(environment: NewEnvironment, ops: list[Op], env: Env) -> None:
     installed = [
         (op.target, op.value)
         for op in ops
@@ -254,28 +258,30 @@ def _validate(environment: NewEnvironment, ops: list[Op]) -> None:
     check_code_installed(installed)
     for name, tree in environment.new_trees.items():
         check_definitions_resolve(sys.modules[name], definitions(tree.body))
-    env = environment.env()
     run_validations("application", list(APP_VALIDATIONS), env)
     run_validations("patch", environment.patch.validations, env)
 
 
 def run(job: Job, mode: Mode) -> bytes:
     """The child's whole work; returns what `unpack` reads. Raises on any failure."""
-    functions = [
-        *job.prior_functions,
-        *(o for o in gc.get_objects() if type(o) is types.FunctionType),
-    ]
+    # In a pause the parent has gc.freeze()-d after finding `prior_objects`, so this lists only
+    # what was created since; in a rehearsal it is the whole heap (no pause to protect).
+    objects = [*job.prior_objects, *gc.get_objects()]
     gc.freeze()  # from here on, gc.get_objects() lists only what this child creates
     patch = job.patch if isinstance(job.patch, Patch) else load_patch(job.patch)
     environment = NewEnvironment(patch)
-    environment.build(functions)
+    environment.build([o for o in objects if type(o) is types.FunctionType])
+    migration = Migration(patch, environment.merge, environment.env(), environment.snapshots)
     analysis = environment.analysis()
+    analysis.affected = sorted(qualified(c) for c in migration.affected_classes())
     if mode is Mode.ANALYSE:
         return pack(analysis)
+    migration.migrate(objects)
+    analysis.migrated = migration.count
     delta = Delta(environment.new_modules, environment.merge.ops)
     data = delta_codec.encode(delta, replacements=environment.merge.replacements)
     environment.restore()
     decoded = delta_codec.decode(data)
     apply_ops(decoded.ops)
-    _validate(environment, decoded.ops)
+    _validate(environment, decoded.ops, migration.env)
     return pack(analysis, data)

@@ -134,10 +134,7 @@ class _Update:
         self.take_analysis(analysis)
         codes = analysis_.blocking_codes([(m, tuple(s)) for m, s in analysis.blocking])  # type: ignore[misc]
         allowed = _allowed_codes(analysis.allowed)
-        if analysis.nested:  # closures of changed nested code: found now, while the program runs
-            self.job.prior_functions = [
-                o for o in gc.get_objects() if type(o) is types.FunctionType
-            ]
+        self.job.prior_objects = _find_prior_objects(analysis)
         with _generation_mark():
             return self.wait_pause_commit(codes, allowed)
 
@@ -200,6 +197,20 @@ def _child_prepare() -> None:
     release = getattr(safepoint, "release_in_child", None)
     if release is not None:
         release()
+
+
+def _find_prior_objects(analysis: Analysis) -> list[object]:
+    """Walk the heap while the program still runs, for what the paused child will need:
+    closures running changed nested code, and instances of affected classes."""
+    if not analysis.nested and not analysis.affected:
+        return []
+    classes = {analysis_.resolve_qualname(*name.split(":")) for name in analysis.affected}
+    affected = analysis_.subclasses_of({c for c in classes if isinstance(c, type)})
+    return [
+        o
+        for o in gc.get_objects()
+        if type(o) in affected or (analysis.nested and type(o) is types.FunctionType)
+    ]
 
 
 def _allowed_codes(allowed: list[tuple[str, str]]) -> set[types.CodeType]:

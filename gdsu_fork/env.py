@@ -52,6 +52,10 @@ class Env:
         self.new = _Resolver(new_namespaces, "new")
         self._pairs: dict[str, list[tuple[Any, Any]]] = {}
 
+    def removed_fields(self, cls: type) -> frozenset[str]:
+        """Fields `cls` (or a base) declared before the update and not after; set per update."""
+        return frozenset()
+
     def instance(self, cls: type, **attrs: Any) -> Any:
         """A blank instance of `cls` (no `__init__` runs), with `attrs` set, frozen classes too."""
         obj = cls.__new__(cls)

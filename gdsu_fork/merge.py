@@ -10,11 +10,20 @@ program is modified here; the operations are applied later by `commit.apply_ops`
 from __future__ import annotations
 
 import ast
+import dataclasses
 import enum
 import types
 from typing import Any
 
-from .analysis import Path, Step, bindings, class_body, code_equivalent, pair_nested
+from .analysis import (
+    Path,
+    Step,
+    bindings,
+    class_body,
+    class_fields,
+    code_equivalent,
+    pair_nested,
+)
 from .delta import Op, OpKind
 from .report import Change, ChangeKind
 
@@ -54,6 +63,22 @@ def _slots(cls: type) -> tuple[str, ...] | None:
     return (slots,) if isinstance(slots, str) else tuple(slots)
 
 
+@dataclasses.dataclass(frozen=True)
+class ClassPair:
+    """A live class and its new version; `fields` come from the class bodies (None: unknown)."""
+
+    old: type
+    new: type
+    path: Path
+    old_fields: frozenset[str] | None
+    new_fields: frozenset[str] | None
+    bases_changed: bool
+
+    @property
+    def fields_changed(self) -> bool:
+        return self.old_fields is not None and self.old_fields != self.new_fields
+
+
 class Merge:
     """The operations, replacements and findings of merging one patch's modules."""
 
@@ -65,6 +90,8 @@ class Merge:
         self.blocking: list[Path] = []  # functions whose old code must not be running
         self.nested: dict[types.CodeType, types.CodeType] = {}  # old nested code -> new
         self.refusals: list[str] = []
+        self.classes: list[ClassPair] = []
+        self.removed_classes: list[tuple[str, type]] = []  # ("module:qualname", class)
         self._merged: set[tuple[int, int]] = set()
 
     # --- recording ---------------------------------------------------------------------------
@@ -122,6 +149,8 @@ class Merge:
                 old = old_ns[key]
                 if isinstance(old, types.FunctionType | type):
                     self.change(name, key, ChangeKind.REMOVED)
+                if isinstance(old, type):
+                    self.removed_classes.append((f"{name}:{key}", old))
                 if isinstance(old, types.FunctionType):
                     self.blocking.append((name, (("g", key),)))
 
@@ -289,8 +318,15 @@ class Merge:
             )
             return True
         bases = tuple(self.replacements.get(id(b), b) for b in new.__bases__)
-        if bases != old.__bases__:
+        bases_changed = bases != old.__bases__
+        if bases_changed:
             self.op(OpKind.SETATTR, old, "__bases__", new.__bases__)
+            self.change(module, qualname, ChangeKind.CHANGED)
+        old_fields = class_fields(old_body) if old_body is not None else None
+        new_fields = class_fields(new_body) if new_body is not None else None
+        pair = ClassPair(old, new, path, old_fields, new_fields, bases_changed)
+        self.classes.append(pair)
+        if pair.fields_changed:
             self.change(module, qualname, ChangeKind.CHANGED)
         if isinstance(old, enum.EnumMeta) and list(old.__members__) != list(new.__members__):
             self.refusals.append(
@@ -324,6 +360,8 @@ class Merge:
                 ov = old.__dict__[key]
                 if _is_definition(ov):
                     self.change(module, f"{qualname}.{key}", ChangeKind.REMOVED)
+                if isinstance(ov, type):
+                    self.removed_classes.append((f"{module}:{qualname}.{key}", ov))
                 fn = ov.__func__ if isinstance(ov, staticmethod | classmethod) else ov
                 if isinstance(fn, types.FunctionType):
                     self.blocking.append((path[0], (*path[1], ("a", key))))
