@@ -195,14 +195,18 @@ def _method_fields(method: ast.FunctionDef | ast.AsyncFunctionDef) -> Iterator[s
         if name is not None:
             yield name
         if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id == "setattr"
+            (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "setattr"
+            )
+            and node.args
+            and isinstance(node.args[0], ast.Name)
+            and node.args[0].id == self_name
         ):
-            if node.args and isinstance(node.args[0], ast.Name) and node.args[0].id == self_name:
-                key = node.args[1] if len(node.args) > 1 else None
-                if isinstance(key, ast.Constant) and isinstance(key.value, str):
-                    yield key.value
+            key = node.args[1] if len(node.args) > 1 else None
+            if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                yield key.value
 
 
 def _is_classvar(annotation: ast.expr) -> bool:

@@ -29,7 +29,7 @@ def test_module_function_references_run_new_code_with_same_identity(basic):
     committed(gdsu_fork.update(basic.patch_file()))
     assert mod.func is f is callback is user.held
     assert f(1) == callback(1) == user.held(1) == "v2 func 1"
-    assert mod.CALLBACKS == [f]  # the re-executed top level did not append a second callback
+    assert [f] == mod.CALLBACKS  # the re-executed top level did not append a second callback
 
 
 def test_report_lists_changes_by_kind(basic):
@@ -64,7 +64,9 @@ def test_methods_static_class_property_and_super(basic):
     assert shape.label == "v2 label sq"
     # super() inside an updated method resolves through the kept class
     assert shape.describe() == "v2 shape/v2 base"
-    cell = dict(zip(mod.Shape.describe.__code__.co_freevars, mod.Shape.describe.__closure__))
+    cell = dict(
+        zip(mod.Shape.describe.__code__.co_freevars, mod.Shape.describe.__closure__, strict=True)
+    )
     assert cell["__class__"].cell_contents is shape_class
     assert shape.perimeter() == "v2 perimeter"
     assert mod.Shape.kind == "v2 kind"
@@ -92,7 +94,7 @@ def test_decorated_functions(basic):
     committed(gdsu_fork.update(basic.patch_file()))
     assert mod.wrapped is wrapper and wrapper(2) == "[v2 wrapped 2]"
     assert mod.wrapped.__wrapped__(2) == "v2 wrapped 2"
-    assert mod.REGISTRY == [registered] and registered() == "v2 registered"
+    assert [registered] == mod.REGISTRY and registered() == "v2 registered"
     assert mod.stacked is stacked and stacked() == "[v2 stacked!]"
     assert mod.decorated_by_changed is changed and changed() == "{body}"
 
@@ -206,7 +208,9 @@ def test_added_module(scenario, tmp_path):
     scn = scenario("code_basic")
     name = f"{scn.module_name}_extra"
     patch = gdsu_fork.Patch("new module")
-    patch.module(name, f"from {scn.module_name} import func\n\ndef twice(x):\n    return func(x) * 2\n")
+    patch.module(
+        name, f"from {scn.module_name} import func\n\ndef twice(x):\n    return func(x) * 2\n"
+    )
     committed(gdsu_fork.update(patch))
     import importlib
 

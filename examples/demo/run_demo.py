@@ -7,8 +7,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import gdsu_fork  # noqa: E402
 import ledger  # noqa: E402
+
+import gdsu_fork  # noqa: E402
 
 
 def show(when):
