@@ -55,6 +55,8 @@ class Phase(enum.Enum):
     FROZEN = "frozen"
 
 
+_PARKING = (Phase.PARK, Phase.FROZEN)
+
 # The Freezer whose hooks are armed, if any: hooks are per interpreter, so at most one.
 _active: Freezer | None = None
 
@@ -104,15 +106,15 @@ def _fork_locks() -> list[Any]:
     """Locks that `os.fork`'s before-fork hooks of the standard library acquire.
 
     A parked thread holding one would deadlock the fork, so the update thread takes them
-    before it parks anyone and hands them over to the hooks in `quiet_fork`.
+    while the program still runs and lets them go once frozen (see `try_freeze`).
     """
     locks = []
     logging = sys.modules.get("logging")
     if logging is not None and hasattr(logging, "_lock"):
-        locks.append(logging._lock)  # an RLock: logging's hook re-acquires it in our thread
+        locks.append(logging._lock)
     futures = sys.modules.get("concurrent.futures.thread")
     if futures is not None and hasattr(futures, "_global_shutdown_lock"):
-        locks.append(futures._global_shutdown_lock)  # a plain Lock: handed over at the fork
+        locks.append(futures._global_shutdown_lock)
     return locks
 
 
@@ -227,10 +229,13 @@ class Freezer:
             self.waiting_for = blocking
             return False
         self.phase = Phase.FROZEN
-        if self.entries == before:
-            return True
-        self.phase = Phase.PARK
-        return False
+        if self.entries != before:
+            self.phase = Phase.PARK
+            return False
+        # Nobody else runs Python any more, so nobody can take these: free them for the
+        # before-fork hooks, which take them in our thread (a plain Lock would deadlock).
+        self._release_fork_locks()
+        return True
 
     def unpark(self) -> None:
         """Release every parked thread and remove the parking hooks (a failed attempt, the end)."""
@@ -246,9 +251,8 @@ class Freezer:
             self._gc_was_enabled = False
 
     def park_here(self, exempt: FrameType | None) -> None:
-        """Block the calling application thread until the gate opens (called from hooks)."""
-        gate = self._gate
-        if gate is None:
+        """Block the calling application thread while threads are parked (called from hooks)."""
+        if self._gate is None:
             return
         me = _thread.get_ident()
         self.parked[me] = exempt
@@ -260,12 +264,24 @@ class Freezer:
         blocked = me == self._main
         if blocked:
             old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        here = self
         try:
-            gate.wait()
+            # When the gate opens, a new attempt (or the next update's Freezer) may already be
+            # parking: the instruction this thread stopped before has still not run, so it
+            # stays parked there rather than run it unhooked.
+            while (fz := _active) is not None and fz.phase in _PARKING:
+                gate = fz._gate
+                if gate is None:
+                    break
+                if fz is not here:
+                    here.parked.pop(me, None)
+                    fz.parked[me] = exempt
+                    here = fz
+                gate.wait()
         finally:
             if blocked:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)
-            self.parked.pop(me, None)
+            here.parked.pop(me, None)
 
     def stack_clean(self, frame: FrameType | None) -> bool:
         """True if no frame from `frame` outwards executes changed code."""
@@ -298,22 +314,6 @@ class Freezer:
             _imp.release_lock()
             self._imp_held = False
 
-    def fork(self) -> int:
-        """`os.fork()` inside the freeze: hands the fork locks to the hooks, no thread warning."""
-        plain = [lk for lk in self._held_locks if not hasattr(lk, "_is_owned")]
-        for lock in plain:
-            lock.release()
-        pid = -1
-        try:
-            pid = _fork_without_warning()
-        finally:
-            if pid == 0:
-                release_in_child()
-            else:
-                for lock in plain:
-                    lock.acquire()  # nobody else runs Python: it is free
-        return pid
-
     # -- the end ------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -334,16 +334,10 @@ class Freezer:
         self._hooks.close()
         self._gate = None
         self.parked.clear()
-        for lock in self._held_locks:
-            # logging re-created its lock in its after-fork hook; a plain lock may still be held.
-            if hasattr(lock, "_at_fork_reinit"):
-                lock._at_fork_reinit()
+        # Fork locks are released at the freeze; one still held (a fork while parking) was
+        # re-created by its module's after-fork hook, or by CPython for the import lock.
         self._held_locks.clear()
-        if self._imp_held:
-            # CPython's child re-init leaves the import lock held by the forking thread.
-            with contextlib.suppress(RuntimeError):
-                _imp.release_lock()
-            self._imp_held = False
+        self._imp_held = False
         if self._gc_was_enabled:
             gc.enable()
         _active = None
@@ -364,13 +358,7 @@ def _fork_without_warning() -> int:
 
 
 def quiet_fork() -> int:
-    """`os.fork()` without the multi-threaded fork warning; the child is released from the freeze.
-
-    Inside a freeze, use it (not `os.fork`): it also hands over the locks that the fork's
-    before-hooks take, which would otherwise deadlock on the update thread itself.
-    """
-    if _active is not None and _active.phase is Phase.FROZEN:
-        return _active.fork()
+    """`os.fork()` without the multi-threaded fork warning; the child is released from the freeze."""
     pid = _fork_without_warning()
     if pid == 0:
         release_in_child()
@@ -664,9 +652,18 @@ class _TraceHooks:
     def park(self) -> None:
         self.rearm()
         # A thread in a C call comes back in the middle of a line: opcode events catch it there.
+        # A thread leaving an earlier parking resumes its frame mid-line too: skip our frames.
         me = self.f.updater
-        for ident, frame in sys._current_frames().items():
-            if ident != me and frame.f_code not in self.f.changed and not frame.f_trace_opcodes:
+        for ident, top in sys._current_frames().items():
+            frame: FrameType | None = top
+            while frame is not None and _is_own(frame.f_code):
+                frame = frame.f_back
+            if (
+                ident != me
+                and frame is not None
+                and frame.f_code not in self.f.changed
+                and not frame.f_trace_opcodes
+            ):
                 frame.f_trace_opcodes = True
                 self.opcodes.append(frame)
 

@@ -11,8 +11,8 @@ CONTRACT (used by engine.py):
 - Raises `SafePointTimeout` (with `.blockers`, a list of `Blocker`) if no safe point is reached
   before `timeout` seconds; the program is then left running as before.
 - `on_blocked(blockers)` is called while waiting, when what blocks changes.
-- Inside the block, fork with `pause.fork()` (or `quiet_fork()`); the child must call
-  `release_in_child()` first thing (both forks do it for you).
+- A child forked inside the block must call `release_in_child()` before any other Python code
+  (`pause.fork()` and `quiet_fork()` do it, and fork without 3.12's multi-threaded warning).
 
 A safe point: no thread stack, no suspended generator or coroutine (asyncio tasks included, on
 every loop) holds a frame of `codes`. The wait is driven by return notifications on the code that
@@ -93,7 +93,7 @@ class Pause:
 
     @staticmethod
     def fork() -> int:
-        """Fork inside the freeze: no warning, fork locks handed over, child released."""
+        """Fork inside the freeze: no multi-threaded fork warning, the child released."""
         return quiet_fork()
 
 
@@ -331,8 +331,7 @@ def paused_at_safe_point(
             if stuck and scan is not None and not _still_stuck(stuck, scan, changed):
                 stuck = {}
             if early or (
-                scan is not None
-                and (not scan.blocked or (notified and scan.threads and not stuck))
+                scan is not None and (not scan.blocked or (notified and scan.threads and not stuck))
             ):
                 pause.attempts += 1
                 frozen, last, expired = _attempt(fz, deadline, window)
