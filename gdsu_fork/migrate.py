@@ -33,12 +33,59 @@ def _blank(cls: type) -> Any:
         return object.__new__(cls)
 
 
-def _snapshot(obj: Any) -> Any:
-    """A detached copy of `obj` as it is now, for `env.pairs` (old side)."""
-    copy = _blank(type(obj))
-    for name, value in state_of(obj).items():
-        set_field(copy, name, value)
-    return copy
+def _copy_member(value: Any) -> Any:
+    """A function (or method wrapper) frozen with its current code."""
+    if isinstance(value, types.FunctionType):
+        copy = types.FunctionType(
+            value.__code__, value.__globals__, value.__name__, value.__defaults__, value.__closure__
+        )
+        copy.__kwdefaults__ = value.__kwdefaults__
+        copy.__qualname__ = value.__qualname__
+        return copy
+    if isinstance(value, staticmethod | classmethod):
+        return type(value)(_copy_member(value.__func__))
+    if isinstance(value, property):
+        return property(*(_copy_member(f) for f in (value.fget, value.fset, value.fdel)), value.__doc__)
+    return value
+
+
+class OldVersions:
+    """Copies of live classes as they are before the commit, so that the old side of
+    `env.pairs` keeps the old behaviour: the commit changes the live classes in place."""
+
+    _SKIP = frozenset({"__dict__", "__weakref__"})
+
+    def __init__(self) -> None:
+        self._copies: dict[type, type] = {}
+
+    def of(self, cls: type) -> type:
+        if cls in self._copies:
+            return self._copies[cls]
+        if cls.__module__ == "builtins" or not hasattr(cls, "__dict__"):
+            return cls
+        slots = cls.__dict__.get("__slots__")
+        slot_names = {slots} if isinstance(slots, str) else set(slots or ())
+        namespace = {
+            k: _copy_member(v)
+            for k, v in cls.__dict__.items()
+            if k not in self._SKIP and k not in slot_names
+        }
+        if slots is not None:
+            namespace["__slots__"] = slots
+        try:
+            bases = tuple(self.of(b) for b in cls.__bases__)
+            copy = type.__new__(type(cls), cls.__name__, bases, namespace)
+        except (TypeError, ValueError):
+            copy = cls  # an exotic layout or metaclass: the live class will do
+        self._copies[cls] = copy
+        return copy
+
+    def snapshot(self, obj: Any) -> Any:
+        """A detached copy of `obj` with its current state and its class's current code."""
+        copy = _blank(self.of(type(obj)))
+        for name, value in state_of(obj).items():
+            set_field(copy, name, value)
+        return copy
 
 
 class Migration:
@@ -49,20 +96,23 @@ class Migration:
         self.merge = merge
         self.env = env
         self.new_of: dict[type, type] = {pair.old: pair.new for pair in merge.classes}
-        self.removed: dict[type, frozenset[str]] = {
-            pair.old: (pair.old_fields or frozenset()) - (pair.new_fields or frozenset())
-            for pair in merge.classes
-        }
+        self._old_fields = {pair.old: pair.old_fields or frozenset() for pair in merge.classes}
+        self._new_fields = {pair.new: pair.new_fields or frozenset() for pair in merge.classes}
         self.modules = set(module_names)
+        self.old_versions = OldVersions()
         self.count = 0
         env.removed_fields = self.removed_fields  # type: ignore[method-assign]
 
     def removed_fields(self, cls: type) -> frozenset[str]:
-        """Fields that `cls` or one of its bases declared before the update and not after."""
-        found: set[str] = set()
+        """Fields that `cls` and its bases declared before the update and no longer declare
+        after it (a field pulled up into a base is not removed)."""
+        before: set[str] = set()
         for base in cls.__mro__:
-            found |= self.removed.get(base, frozenset())
-        return frozenset(found)
+            before |= self._old_fields.get(base, frozenset())
+        after: set[str] = set()
+        for base in self.new_of.get(cls, cls).__mro__:
+            after |= self._new_fields.get(self.new_of.get(base, base), frozenset())
+        return frozenset(before - after)
 
     def policy_for(self, cls: type) -> Any:
         for base in cls.__mro__:
@@ -111,7 +161,7 @@ class Migration:
                     f"of a class of the new version"
                 )
                 raise UpdateRefused(msg)
-            snapshot = _snapshot(obj)
+            snapshot = self.old_versions.snapshot(obj)
             new = (
                 None
                 if old_cls in removed

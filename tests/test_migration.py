@@ -1,0 +1,185 @@
+"""State migration: live instances migrated by policies, identity kept."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import gdsu_fork
+from gdsu_fork import Outcome
+
+
+def committed(report: gdsu_fork.Report) -> gdsu_fork.Report:
+    assert report.outcome == Outcome.COMMITTED, report.reason
+    return report
+
+
+def test_added_renamed_removed_fields(scenario):
+    scn = scenario("mig_fields")
+    mod = scn.module
+    accounts = [mod.Account("ada", 10, legacy="x"), mod.Account("bob", 5, legacy="y")]
+    by_owner = {a.owner: a for a in accounts}
+    holder = {"first": accounts[0]}
+    name = f"{scn.module_name}:Account"
+    extra = (
+        f"patch.migrate({name!r}, policies.Rename(amount='balance')"
+        " | policies.AddDefault('currency', 'EUR')"
+        " | policies.AddDefault('tags', factory=list)"
+        " | policies.Drop('legacy'))\n"
+    )
+    report = committed(gdsu_fork.update(scn.patch_file(extra=extra)))
+    assert report.migrated == 2
+    first = accounts[0]
+    assert holder["first"] is first and by_owner["ada"] is first
+    assert vars(first) == {"owner": "ada", "balance": 10, "currency": "EUR", "tags": []}
+    assert accounts[0].tags is not accounts[1].tags  # the factory ran per instance
+    assert isinstance(first, mod.Account)
+
+
+def test_removed_field_is_dropped_by_the_default_policy(scenario):
+    scn = scenario("mig_fields")
+    account = scn.module.Account("ada", 10, legacy="x")
+    committed(gdsu_fork.update(scn.patch_file()))
+    # by name: fields v2 declares keep their values, fields it no longer declares are dropped
+    assert vars(account) == {"owner": "ada"}
+
+
+def test_computed_fields_with_a_validation_on_pairs(scenario):
+    scn = scenario("mig_fields")
+    mod = scn.module
+    vectors = [mod.Vector3D(1.0, 2.0, 2.0), mod.Vector3D(3.0, 4.0, 12.0)]
+    name = f"{scn.module_name}:Vector3D"
+    extra = (
+        "import math\n"
+        f"@patch.migrate({name!r})\n"
+        "def to_spherical(old, new, env):\n"
+        "    r = math.sqrt(old.x ** 2 + old.y ** 2 + old.z ** 2)\n"
+        "    return env.instance(type(new), radius=r, theta=math.acos(old.z / r),"
+        " phi=math.atan2(old.y, old.x))\n"
+        "@patch.validate\n"
+        "def same_lengths(env):\n"
+        f"    pairs = env.pairs({name!r})\n"
+        "    return len(pairs) == 2 and all(\n"
+        "        math.isclose(old.length(), new.length()) for old, new in pairs)\n"
+    )
+    committed(gdsu_fork.update(scn.patch_file(extra=extra)))
+    assert [v.length() for v in vectors] == [3.0, 13.0]
+    assert vars(vectors[0]).keys() == {"radius", "theta", "phi"}
+    assert math.isclose(vectors[1].theta, math.acos(12 / 13))
+
+
+def test_failing_length_validation_discards(scenario):
+    scn = scenario("mig_fields")
+    vector = scn.module.Vector3D(1.0, 2.0, 2.0)
+    name = f"{scn.module_name}:Vector3D"
+    extra = (
+        f"@patch.migrate({name!r})\n"
+        "def wrong(old, new, env):\n"
+        "    return env.instance(type(new), radius=1.0, theta=0.0, phi=0.0)\n"
+        "@patch.validate\n"
+        "def same_lengths(env):\n"
+        f"    return all(o.length() == n.length() for o, n in env.pairs({name!r}))\n"
+    )
+    report = gdsu_fork.update(scn.patch_file(extra=extra))
+    assert report.outcome == Outcome.DISCARDED and "same_lengths returned False" in report.reason
+    assert vars(vector) == {"x": 1.0, "y": 2.0, "z": 2.0} and vector.length() == 3.0
+
+
+def test_method_only_change_migrates_nothing(scenario):
+    scn = scenario("mig_fields")
+    plain = scn.module.Plain(1)
+    before = vars(plain)
+    report = committed(gdsu_fork.update(scn.patch_file()))
+    assert plain.show() == "v2 1" and vars(plain) is before
+    assert report.migrated == 0
+
+
+SPLIT = """
+@patch.migrate("{mod}:ChMessage")
+def split(old, new, env):
+    if old.sender is None:
+        return env.instance(env.new["{mod}:ChInfoMessage"], room=old.room, text=old.text)
+    return env.instance(env.new["{mod}:ChUserMessage"], sender=old.sender, room=old.room, text=old.text)
+
+@patch.validate
+def texts_kept(env):
+    return all(o.text == n.text for o, n in env.pairs("{mod}:ChMessage"))
+"""
+
+MERGE = """
+@patch.migrate("{mod}:ChMessage")
+def merge(old, new, env):
+    return env.instance(env.new["{mod}:ChMessage"], sender=getattr(old, "sender", None),
+                        room=old.room, text=old.text)
+"""
+
+
+def test_split_by_state_and_merge_back(scenario):
+    scn = scenario("mig_chat")
+    mod = scn.module
+    room = mod.ChRoom("r1")
+    user = mod.ChMessage("ada", room, "hello")
+    info = mod.ChMessage(None, room, "ada joined")
+    room.history.extend([user, info])
+    message_class = mod.ChMessage
+    report = committed(gdsu_fork.update(scn.patch_file(extra=SPLIT.format(mod=scn.module_name))))
+    assert report.migrated == 2
+    assert room.history[0] is user and room.history[1] is info
+    assert type(user) is mod.ChUserMessage and type(info) is mod.ChInfoMessage
+    assert isinstance(user, message_class) and mod.ChMessage is message_class
+    assert user.describe() == "ada@r1: hello" and info.describe() == "system@r1: ada joined"
+    assert user.room is room and not hasattr(info, "sender")
+    committed(gdsu_fork.update(scn.patch_file("v1", extra=MERGE.format(mod=scn.module_name))))
+    assert type(user) is message_class is type(info)
+    assert user.describe() == "ada@r1: hello" and info.describe() == "system@r1: ada joined"
+    committed(gdsu_fork.update(scn.patch_file(extra=SPLIT.format(mod=scn.module_name))))
+    assert type(user) is mod.ChUserMessage and room.history == [user, info]
+
+
+def test_migration_raising_on_the_70000th_instance_changes_nothing(scenario):
+    scn = scenario("mig_chat")
+    mod = scn.module
+    room = mod.ChRoom("big")
+    messages = [mod.ChMessage(f"u{i}", room, f"t{i}") for i in range(100_000)]
+    extra = (
+        "count = [0]\n"
+        f"@patch.migrate('{scn.module_name}:ChMessage')\n"
+        "def flaky(old, new, env):\n"
+        "    count[0] += 1\n"
+        "    if count[0] == 70_000:\n"
+        "        raise RuntimeError('instance 70000 is corrupt')\n"
+        "    return new\n"
+    )
+    report = gdsu_fork.update(scn.patch_file(extra=extra), timeout=60)
+    assert report.outcome == Outcome.DISCARDED and "instance 70000 is corrupt" in report.reason
+    assert all(type(m) is mod.ChMessage for m in messages)
+    assert vars(messages[69_999]) == {"sender": "u69999", "room": room, "text": "t69999"}
+
+
+def test_migration_returning_an_unrelated_object_is_refused(scenario):
+    scn = scenario("mig_chat")
+    message = scn.module.ChMessage("ada", scn.module.ChRoom("r"), "t")
+    extra = f"patch.migrate('{scn.module_name}:ChMessage', lambda old, new, env: 'not a message')\n"
+    report = gdsu_fork.update(scn.patch_file(extra=extra))
+    assert report.outcome == Outcome.DISCARDED
+    assert "builtins.str, which is not a class of the new version" in report.reason
+    assert vars(message)["sender"] == "ada" and type(message) is scn.module.ChMessage
+
+
+def test_pull_up_superclass_change_and_class_attribute(scenario):
+    scn = scenario("mig_hierarchy")
+    mod = scn.module
+    employee = mod.Employee("ada", 7)
+    person = mod.Person("bob")
+    dog = mod.Dog("rex")
+    counter = mod.Counter()
+    counter.count = 3
+    name = f"{scn.module_name}:Person"
+    extra = f"patch.migrate({name!r}, policies.PullUp() | policies.AddDefault('ident', None))\n"
+    committed(gdsu_fork.update(scn.patch_file(extra=extra)))
+    assert vars(employee) == {"name": "ada", "ident": 7}
+    assert vars(person) == {"name": "bob", "ident": None}
+    assert dog.title() == "named rex" and dog.sound() == "..."
+    assert isinstance(dog, mod.Named) and vars(dog) == {"name": "rex"}
+    assert mod.Counter.step == 10 and counter.count == 3
