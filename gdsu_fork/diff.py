@@ -754,7 +754,10 @@ def _decode_source(data: bytes) -> str:
     return data.decode(encoding)
 
 
-def _skip(relative: PurePosixPath) -> bool:
+def ignored(relative: PurePosixPath) -> bool:
+    """Whether a file is no module of the program: hidden, or in a hidden, cache or venv folder."""
+    if relative.name.startswith("."):
+        return True
     return any(
         p.startswith(".") or p in _SKIP_DIRS or p.endswith(".egg-info") for p in relative.parts[:-1]
     )
@@ -924,7 +927,7 @@ def diff_git(
     changed = [
         PurePosixPath(path)
         for status, path in zip(listing[::2], listing[1::2], strict=False)
-        if path.endswith(".py") and status and not _skip(PurePosixPath(path))
+        if path.endswith(".py") and status and not ignored(PurePosixPath(path))
     ]
     trees = [_git_tree(top, rev) for rev in (rev1, rev2)]
     packages = {p.parent for tree in trees for p in tree if p.name == "__init__.py"}

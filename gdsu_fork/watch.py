@@ -35,7 +35,7 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from .diff import GeneratedPatch, diff_sources, module_name, python_files, read_source
+from .diff import GeneratedPatch, diff_sources, ignored, module_name, python_files, read_source
 from .errors import GdsuError
 from .report import Outcome, Report
 
@@ -105,8 +105,9 @@ class _Events(FileSystemEventHandler):
     that is the barrier `Watcher._read_whole` uses to know that nobody wrote during its read.
     """
 
-    def __init__(self, notices: queue.SimpleQueue[object]) -> None:
+    def __init__(self, notices: queue.SimpleQueue[object], wanted: Callable[[Path], bool]) -> None:
         self.notices = notices
+        self.wanted = wanted
         self.cond = threading.Condition()
         self.writing: set[Path] = set()
         self.version: Counter[Path] = Counter()
@@ -118,6 +119,8 @@ class _Events(FileSystemEventHandler):
         if not name.endswith(".py"):
             return
         path = Path(name)
+        if not self.wanted(path):
+            return
         with self.cond:
             if isinstance(event, FileClosedNoWriteEvent):
                 self.reads[path] += 1
@@ -153,7 +156,7 @@ class Watcher:
         root: str | Path | None = None,
         names: Mapping[str | Path, str] | None = None,
         on_result: Callable[[SaveResult], None] = _print_line,
-        debounce: float = 0.005,
+        debounce: float = 0.003,
         patch_dir: str | Path | None = None,
     ) -> None:
         self.dirs = [Path(d).resolve() for d in dirs]
@@ -174,7 +177,7 @@ class Watcher:
         self._last_reason: str | None = None
         self._count = 0
         self._notices: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._events = _Events(self._notices)
+        self._events = _Events(self._notices, self._wanted)
         self._seen: Counter[Path] = Counter()  # file version at our last whole read
         self._observer = Observer()
         self._worker = threading.Thread(target=self._run, name="gdsu-watch", daemon=True)
@@ -266,6 +269,13 @@ class Watcher:
                     return None
         self._seen[path] = version
         return text
+
+    def _wanted(self, path: Path) -> bool:
+        """Files of the program: not hidden, not in a cache or virtualenv folder."""
+        for d in self.dirs:
+            if path.is_relative_to(d):
+                return not ignored(PurePosixPath(path.relative_to(d).as_posix()))
+        return False
 
     def _display(self, paths: Iterable[Path]) -> tuple[str, ...]:
         return tuple(sorted(self._relative(p) for p in paths))

@@ -186,7 +186,7 @@ def test_a_failed_update_keeps_the_last_good_version_and_says_why_once(tree, wat
 
 
 def test_unchanged_saves_and_new_files_apply_nothing(tree, watched):
-    watcher, recorder, results = watched
+    _watcher, recorder, results = watched
     save_in_place(tree / "pkg" / "mod.py", V1)
     assert next_result(results).line() == "watch: pkg/mod.py: no change"
     save_in_place(tree / "pkg" / "fresh.py", "Y = 1\n")
@@ -199,7 +199,7 @@ def test_unchanged_saves_and_new_files_apply_nothing(tree, watched):
 
 
 def test_declared_migration_reaches_the_patch_in_watch_mode(tree, watched):
-    watcher, recorder, results = watched
+    watcher, _recorder, results = watched
     path = tree / "pkg" / "shapes.py"
     save_in_place(path, "class Box:\n    def __init__(self, w):\n        self.w = w\n")
     next_result(results)  # recorded as the starting version
@@ -218,3 +218,28 @@ def test_declared_migration_reaches_the_patch_in_watch_mode(tree, watched):
 def test_watching_a_missing_directory_is_refused(tmp_path):
     with pytest.raises(GdsuError, match="not a directory"):
         Watcher([tmp_path / "nope"], Recorder())
+
+
+def test_a_save_that_moves_the_original_to_a_backup_first(tree, watched):
+    """Emacs and vim (backupcopy=no) rename the original away, then write a new file."""
+    _watcher, recorder, results = watched
+    path = tree / "pkg" / "mod.py"
+    os.replace(path, path.with_name("mod.py~"))
+    save_in_place(path, "def f():\n    return 8\n")
+    assert next_result(results).committed
+    assert recorder.patches == [{"pkg.mod": "def f():\n    return 8\n"}]
+
+
+def test_hidden_cache_and_site_packages_files_are_not_the_program(tree):
+    junk = (".hidden.py", ".venv/lib/x.py", "lib/site-packages/y.py", "pkg/__pycache__/z.py")
+    for rel in junk:
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+    results: queue.Queue[SaveResult] = queue.Queue()
+    recorder = Recorder()
+    with Watcher([tree], recorder, on_result=results.put):
+        for rel in junk:
+            save_in_place(tree / rel, "A = 1\n")
+        save_in_place(tree / "pkg" / "mod.py", "def f():\n    return 9\n")
+        result = next_result(results)
+    assert result.files == ("pkg/mod.py",)
+    assert recorder.patches == [{"pkg.mod": "def f():\n    return 9\n"}]
