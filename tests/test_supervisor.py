@@ -198,6 +198,7 @@ def _status_as(uid: int | None, endpoint: str) -> str:
         os.waitpid(pid, 0)
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
 def test_another_user_cannot_reach_the_control_socket(supervise: Start) -> None:
     app = supervise()
@@ -263,6 +264,7 @@ def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
     return data
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 @pytest.mark.parametrize("sender", ["terminal", "kill"])
 def test_sigint_reaches_the_app_exactly_once(tmp_path: Path, sender: str) -> None:
     runtime = Path(tempfile.mkdtemp(prefix="gdsu-rt-", dir="/tmp"))
