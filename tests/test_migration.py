@@ -183,3 +183,43 @@ def test_pull_up_superclass_change_and_class_attribute(scenario):
     assert dog.title() == "named rex" and dog.sound() == "..."
     assert isinstance(dog, mod.Named) and vars(dog) == {"name": "rex"}
     assert mod.Counter.step == 10 and counter.count == 3
+
+
+def test_identity_sensitive_things_still_work(scenario):
+    import copy
+    import pickle
+    import weakref
+
+    scn = scenario("mig_identity")
+    mod = scn.module
+    red = mod.Color.RED
+    by_color = {mod.Color.RED: "stop", mod.Color.GREEN: "go"}
+    item = mod.Item("pen")
+    ref = weakref.ref(item)
+    item_class = mod.Item
+    extra = f"patch.migrate('{scn.module_name}:Item', policies.AddDefault('qty', 1))\n"
+    report = committed(gdsu_fork.update(scn.patch_file(extra=extra)))
+    assert report.migrated == 1
+    assert mod.Color.RED is red and mod.Color(1) is red and by_color[mod.Color.RED] == "stop"
+    assert red.label() == "v2 red" and list(mod.Color) == [red, mod.Color.GREEN]
+    assert mod.render("x") == "v2 generic" and mod.render(3) == "v2 int 3"
+    assert ref() is item and isinstance(item, item_class) and mod.Item is item_class
+    assert vars(item) == {"name": "pen", "qty": 1}
+    clone = pickle.loads(pickle.dumps(item))
+    assert type(clone) is item_class and clone == item
+    assert copy.copy(item) == item and copy.copy(item) is not item
+
+
+def test_frozen_dataclass_gaining_a_field_migrates_in_place(scenario):
+    scn = scenario("mig_layout")
+    frozen = scn.module.FrozenData(1)
+    holder = [frozen]
+    source = '@dataclasses.dataclass(frozen=True)\nclass FrozenData:\n    a: int\n    b: int = 0\n'
+    patch = gdsu_fork.Patch("frozen")
+    patch.define(f"{scn.module_name}:FrozenData", source)
+    patch.migrate(f"{scn.module_name}:FrozenData", gdsu_fork.policies.AddDefault("b", 5))
+    report = committed(gdsu_fork.update(patch))
+    assert report.migrated == 1 and holder[0] is frozen
+    assert (frozen.a, frozen.b) == (1, 5) and frozen == scn.module.FrozenData(1, 5)
+    with pytest.raises(AttributeError):
+        frozen.a = 2  # still frozen
