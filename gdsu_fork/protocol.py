@@ -243,7 +243,8 @@ def decode(frame: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     if not isinstance(body, dict):
         msg = f"message is JSON {type(body).__name__}, not an object; speak protocol {VERSION}"
         raise ProtocolError(ErrorCode.GARBAGE, msg)
-    request_id = body.get("id") if isinstance(body.get("id"), str) else ""
+    raw_id = body.get("id")
+    request_id = raw_id if isinstance(raw_id, str) else ""
     if type(body.get("v")) is not int or body["v"] != VERSION:
         msg = (
             f"message has protocol version {body.get('v')!r}, this side speaks {VERSION}; "
@@ -251,7 +252,7 @@ def decode(frame: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
         )
         raise ProtocolError(ErrorCode.VERSION, msg, request_id)
     try:
-        cls = MESSAGE_TYPES[Kind(body.get("kind"))]
+        cls = MESSAGE_TYPES[Kind(body.get("kind", ""))]
     except (ValueError, TypeError) as exc:
         known = ", ".join(MESSAGE_TYPES)
         msg = f"unknown message kind {body.get('kind')!r}; known kinds: {known}"
@@ -293,7 +294,7 @@ def _check(hint: Any, value: Any, name: str) -> Any:
             return None
     elif hint is Any:
         return value
-    elif dataclasses.is_dataclass(hint):
+    elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if isinstance(value, dict):
             return _build(hint, value, f"{name}.")
     elif isinstance(hint, type) and issubclass(hint, enum.Enum):
