@@ -38,8 +38,9 @@ def start(tmp_path: Path) -> Iterator:
 class Hammer:
     """Client threads sending keep-alive GETs until stopped; every answer and failure kept."""
 
-    def __init__(self, port: int, threads: int = 4) -> None:
+    def __init__(self, port: int, threads: int = 4, path: str = "/h") -> None:
         self.port = port
+        self.path = path
         self.stop = threading.Event()
         self.answers: list[list[str]] = [[] for _ in range(threads)]
         self.failures: list[str] = []
@@ -54,7 +55,7 @@ class Hammer:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         while not self.stop.is_set():
             try:
-                connection.request("GET", "/h")
+                connection.request("GET", self.path)
                 response = connection.getresponse()
                 body = response.read().decode()
                 if response.status != 200:
@@ -100,6 +101,30 @@ def test_update_under_load_loses_no_request(start) -> None:
     (update,) = [r for r in _journal(app) if r["event"] == "update"]
     assert update["outcome"] == "committed" and update["patch"] == "patch_v2.py"
     assert update["modules"][0]["file"] == str(GREETER / "greeting.py")
+
+
+def test_update_migrating_live_instances_under_load(start) -> None:
+    app = start()
+    hammer = Hammer(app.port, path="/visit/a")
+    try:
+        hammer.wait_answers(20)
+        identity = app.get("/visitor-id/a")
+        result = app.cli("update", str(GREETER / "patch_visitors.py"), "--json")
+        counts = [len(a) for a in hammer.answers]
+        hammer.wait_answers(max(counts) + 20)
+    finally:
+        hammer.finish()
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["outcome"] == "committed" and report["migrated"] == 1
+    assert hammer.failures == []
+    for answers in hammer.answers:
+        versions = [a.split()[0] for a in answers]
+        assert versions == sorted(versions)  # v1 until the commit, v2 after, never back
+        assert "v2" in versions
+        numbers = [int(a.rsplit("x", 1)[1]) for a in answers]
+        assert numbers == sorted(numbers)  # the count carried over: never reset by the update
+    assert app.get("/visitor-id/a") == identity  # the same object, migrated in place
 
 
 def test_second_update_is_busy_unless_it_waits(start) -> None:

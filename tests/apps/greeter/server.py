@@ -1,5 +1,7 @@
 """A small threaded HTTP app for supervisor tests: GET / answers greeting.greet(path).
 
+GET /visit/NAME counts visits on a live `visitors.Visitor` object; /visitor-id/NAME gives its id().
+
 Usage: server.py PORTFILE. Writes the port it listens on to PORTFILE once ready. GET /crash exits
 with status 3 (a crash, for restart tests); SIGTERM shuts the server down and exits 0;
 SIGHUP prints "hup".
@@ -12,6 +14,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import greeting
+import visitors
 
 # Memory the app has written (so it is resident); a patch that rewrites it in the update child
 # copies every page: tests use it to drive the child's own memory up.
@@ -24,7 +27,12 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/crash":
             os._exit(3)
-        body = greeting.greet(self.path).encode()
+        if self.path.startswith("/visit/"):
+            body = visitors.visit(self.path[len("/visit/") :]).encode()
+        elif self.path.startswith("/visitor-id/"):
+            body = str(id(visitors.VISITORS[self.path[len("/visitor-id/") :]])).encode()
+        else:
+            body = greeting.greet(self.path).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
