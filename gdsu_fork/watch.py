@@ -46,6 +46,7 @@ _QUIET_WITHOUT_CLOSE = 0.05
 # Under a continuous stream of saves, a batch is cut after this long so updates keep flowing.
 _MAX_GATHER = 0.5
 _STOP = object()
+_RELOAD = object()
 
 ApplyFn = Callable[[Path], Report]
 
@@ -186,10 +187,7 @@ class Watcher:
 
     def start(self) -> None:
         """Record the current sources as the running version and start watching."""
-        for d in self.dirs:
-            for path in python_files(d).values():
-                with contextlib.suppress(OSError, UnicodeDecodeError):
-                    self._applied[path.resolve()] = read_source(path)
+        self._load_baseline()
         for d in self.dirs:
             self._observer.schedule(self._events, str(d), recursive=True)
         self._observer.start()
@@ -212,6 +210,26 @@ class Watcher:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def reload(self) -> None:
+        """The program was restarted and loaded the files on disk: take them as applied.
+
+        The files are read now, when the program reads them; saves noticed before this call are
+        still handled first (against the old baseline).
+        """
+        self._notices.put((_RELOAD, self._read_tree()))
+
+    def _read_tree(self) -> dict[Path, str]:
+        sources = {}
+        for d in self.dirs:
+            for path in python_files(d).values():
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    sources[path.resolve()] = read_source(path)
+        return sources
+
+    def _load_baseline(self, sources: dict[Path, str] | None = None) -> None:
+        self._applied = sources if sources is not None else self._read_tree()
+        self._pending.clear()
+
     def applied_source(self, path: str | Path) -> str | None:
         """The last applied version of a file (what the running program runs), or None."""
         return self._applied.get(Path(path).resolve())
@@ -219,34 +237,45 @@ class Watcher:
     # -- the loop --------------------------------------------------------------------------
 
     def _run(self) -> None:
+        """The worker: one save (or burst of saves) at a time, in the order they happened."""
+        notice: object = None
         while True:
-            first = self._notices.get()
-            if first is _STOP:
+            if notice is None:
+                notice = self._notices.get()
+            if notice is _STOP:
                 return
-            batch = [first]
-            # Gather a burst: a multi-file save arrives as several notices a few ms apart.
-            cut = time.monotonic() + _MAX_GATHER
-            stop = False
-            while time.monotonic() < cut:
-                try:
-                    more = self._notices.get(timeout=self.debounce)
-                except queue.Empty:
-                    break
-                if more is _STOP:
-                    stop = True
-                    break
-                batch.append(more)
-            notices: list[tuple[Path, int]] = batch  # type: ignore[assignment]
-            saved = {path for path, version in notices if version > self._seen[path]}
-            if saved:
-                try:
-                    result = self._handle(saved)
-                except Exception as exc:  # the loop must survive anything one save does
-                    result = SaveResult(self._display(saved), error=f"internal error: {exc!r}")
-                if result is not None:
-                    self.on_result(result)
-            if stop:
-                return
+            if _is_reload(notice):
+                self._load_baseline(notice[1])  # type: ignore[index]
+                notice = None
+                continue
+            batch, notice = self._gather(notice)  # type: ignore[arg-type]
+            saved = {path for path, version in batch if version > self._seen[path]}
+            if not saved:
+                continue  # notices of writes already read
+            try:
+                result = self._handle(saved)
+            except Exception as exc:  # the loop must survive anything one save does
+                result = SaveResult(self._display(saved), error=f"internal error: {exc!r}")
+            if result is not None:
+                self.on_result(result)
+
+    def _gather(self, first: tuple[Path, int]) -> tuple[list[tuple[Path, int]], object]:
+        """A burst of save notices (an editor's "save all" comes a few ms apart).
+
+        Returns the batch and the control notice (stop, reload) that ended it, if one did: it is
+        handled after the saves noticed before it.
+        """
+        batch = [first]
+        cut = time.monotonic() + _MAX_GATHER
+        while time.monotonic() < cut:
+            try:
+                more = self._notices.get(timeout=self.debounce)
+            except queue.Empty:
+                break
+            if more is _STOP or _is_reload(more):
+                return batch, more
+            batch.append(more)  # type: ignore[arg-type]
+        return batch, None
 
     def _read_whole(self, path: Path) -> str | None:
         """The file's text if no write was in progress or happened during the read, else None.
@@ -357,6 +386,10 @@ class Watcher:
             paths[name] = self._relative(path)
         title = f"watch: {', '.join(sorted(paths.values()))}"
         return diff_sources(versions, paths=paths, title=title)
+
+
+def _is_reload(notice: object) -> bool:
+    return isinstance(notice, tuple) and notice[0] is _RELOAD
 
 
 def apply_through(

@@ -121,6 +121,7 @@ class Supervisor:
         self.started = time.time()
         self.backoff = Backoff()
         self.endpoint = ""
+        self.watcher: Watcher | None = None
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -178,6 +179,7 @@ class Supervisor:
             names={script: "__main__"} if script else None,
         )
         watcher.start()
+        self.watcher = watcher
         return watcher
 
     def _serve(self, signals: SignalQueue) -> None:
@@ -245,6 +247,8 @@ class Supervisor:
     def _start_app(self) -> None:
         self.app = AppProcess(self.config.program, self.agents.endpoint)
         self.agent = None
+        if self.watcher is not None:
+            self.watcher.reload()  # the new process runs the files on disk
         event = "restart" if self.restarts else "start"
         self.journal.append(event, pid=self.app.pid, restarts=self.restarts)
         self.stale = self.journal.stale_patches()

@@ -243,3 +243,17 @@ def test_hidden_cache_and_site_packages_files_are_not_the_program(tree):
         result = next_result(results)
     assert result.files == ("pkg/mod.py",)
     assert recorder.patches == [{"pkg.mod": "def f():\n    return 9\n"}]
+
+
+def test_after_a_restart_the_files_on_disk_are_the_applied_version(tree, watched):
+    watcher, recorder, results = watched
+    path = tree / "pkg" / "mod.py"
+    recorder.outcome, recorder.reason = Outcome.DISCARDED, "refused"
+    save_in_place(path, "def f():\n    return 10\n")
+    assert not next_result(results).committed
+    watcher.reload()  # the supervisor restarted the program: it imported what is on disk
+    recorder.outcome = Outcome.COMMITTED
+    save_in_place(tree / "pkg" / "other.py", "X = 10\n")
+    assert next_result(results).committed
+    assert recorder.patches[-1] == {"pkg.other": "X = 10\n"}
+    assert watcher.applied_source(path) == "def f():\n    return 10\n"
