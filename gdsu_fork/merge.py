@@ -165,6 +165,7 @@ class Merge:
         same_statements: bool | None,
         old_body: list[ast.stmt] | None = None,
         new_body: list[ast.stmt] | None = None,
+        replaceable: bool = False,
     ) -> bool:
         """Make `old` the new version where identity matters; False: take `new` instead.
 
@@ -172,15 +173,21 @@ class Merge:
         unknown, e.g. a closure cell): unchanged statements keep the live value.
         """
         if isinstance(old, types.FunctionType) and isinstance(new, types.FunctionType):
-            return self.merge_function(old, new, path, qualname)
+            return self.merge_function(old, new, path, qualname, replaceable)
         if isinstance(old, type) and isinstance(new, type):
             short = qualname.rsplit(".", 1)[-1]
             return self.merge_class(
                 old, new, path, qualname, class_body(old_body, short), class_body(new_body, short)
             )
         if type(old) is type(new) and isinstance(old, staticmethod | classmethod):
+            if old.__func__ is new.__func__:
+                return True  # e.g. classmethod(types.GenericAlias)
+            if not isinstance(old.__func__, types.FunctionType) or not isinstance(
+                new.__func__, types.FunctionType
+            ):
+                return False
             sub: Path = (path[0], (*path[1], ("f", "")))
-            return self.merge_function(old.__func__, new.__func__, sub, qualname)
+            return self.merge_function(old.__func__, new.__func__, sub, qualname, replaceable)
         if type(old) is type(new) is property:
             return self._merge_property(old, new, path, qualname)
         wrapped_old = _wrapped(old)
@@ -215,12 +222,27 @@ class Merge:
     # --- functions -----------------------------------------------------------------------------
 
     def merge_function(
-        self, old: types.FunctionType, new: types.FunctionType, path: Path, qualname: str
+        self,
+        old: types.FunctionType,
+        new: types.FunctionType,
+        path: Path,
+        qualname: str,
+        replaceable: bool = False,
     ) -> bool:
-        """Give `old` the code, defaults and closure values of `new`; True when that is possible."""
+        """Give `old` the code, defaults and closure values of `new`; True when that is possible.
+
+        A function whose closure variables changed cannot be updated in place. If it is
+        `replaceable` (a class attribute: found through its class, like the methods a
+        dataclass generates), False tells the caller to put the new function in its place;
+        otherwise the update is refused.
+        """
+        oc, nc = old.__code__, new.__code__
+        if oc.co_freevars != nc.co_freevars and replaceable:
+            self.change(old.__module__ or path[0], qualname, ChangeKind.CHANGED)
+            self.blocking.append(path)
+            return False
         if not self._pair(old, new):
             return True
-        oc, nc = old.__code__, new.__code__
         module = old.__module__ or path[0]
         if oc.co_freevars != nc.co_freevars:
             self.refusals.append(
@@ -351,7 +373,9 @@ class Merge:
                 continue
             sub: Path = (path[0], (*path[1], ("a", key)))
             same = (key in old_b and old_b.get(key) == new_b.get(key)) if key in new_b else False
-            kept = self.merge_value(ov, nv, sub, f"{qualname}.{key}", same, old_body, new_body)
+            kept = self.merge_value(
+                ov, nv, sub, f"{qualname}.{key}", same, old_body, new_body, replaceable=True
+            )
             if not kept:
                 self.op(OpKind.SETATTR, old, key, nv)
         for key in old_b:
