@@ -33,7 +33,6 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_KIND = "unknown-kind"
     BAD_FIELD = "bad-field"
     BUSY = "busy"
-    NO_APP = "no-app"
     APP_EXITED = "app-exited"
     INTERNAL = "internal"
 

@@ -310,3 +310,37 @@ def test_app_stops_when_the_supervisor_is_killed(supervise: Start) -> None:
     app.proc.wait(10)
     wait_for(lambda: not psutil.pid_exists(pid), 10, "the orphaned app to stop")
     assert "bye" in app.output()  # it got SIGTERM (parent-death signal) and shut down cleanly
+
+
+def _supervise_once(tmp_path: Path, *argv: str, stdin: str = "") -> subprocess.CompletedProcess:
+    runtime = Path(tempfile.mkdtemp(prefix="gdsu-rt-", dir="/tmp"))
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime), XDG_STATE_HOME=str(tmp_path))
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "supervisor.cli", *argv],
+            input=stdin,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=APPS,
+        )
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_stdin_stdout_and_stderr_pass_through(tmp_path: Path) -> None:
+    result = _supervise_once(tmp_path, "echo_stdin.py", stdin="hello\nworld\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "HELLO\nWORLD\n"
+    assert result.stderr == "12 bytes\n"  # nothing of the supervisor's own on a clean run
+
+
+def test_module_mode_runs_python_m_and_keeps_the_status(tmp_path: Path) -> None:
+    result = _supervise_once(tmp_path, "-m", "exit_with", "5")
+    assert result.returncode == 5, result.stderr
+    journal = tmp_path / "gdsu" / "exit_with" / "journal.jsonl"  # the module names the app
+    assert [json.loads(line)["event"] for line in journal.read_text().splitlines()] == [
+        "start",
+        "exit",
+    ]
