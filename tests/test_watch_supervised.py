@@ -29,8 +29,9 @@ def save(path: Path, text: str) -> None:
 def app(tmp_path: Path) -> Iterator[tuple[Supervised, Path]]:
     source = tmp_path / "src"
     source.mkdir()
-    for name in ("server.py", "greeting.py"):
-        shutil.copy(GREETER / name, source / name)
+    for module in GREETER.glob("*.py"):
+        if not module.name.startswith("patch"):
+            shutil.copy(module, source / module.name)
     supervised = Supervised(tmp_path, "--watch", str(source), script=source / "server.py")
     try:
         yield supervised, source
