@@ -77,7 +77,6 @@ def stats(conn: Connection) -> dict[str, Any]:
     return conn.get("/_stats").json()
 
 
-@pytest.mark.xfail(reason="engine: patch.migrate policies are not run yet")
 def test_v1_v2_round_trip_keeps_every_message(server: cb.ServerProcess) -> None:
     with Connection.to(server.url) as conn, reference_chat() as ref:
         before = visible(conn)
@@ -106,7 +105,6 @@ def test_v1_v2_round_trip_keeps_every_message(server: cb.ServerProcess) -> None:
             assert conn.post(path).body == ref.post(path).body, user
 
 
-@pytest.mark.xfail(reason="engine: merging queue.Queue fails (classmethod(GenericAlias))")
 def test_core_queue_patch_and_revert(server: cb.ServerProcess) -> None:
     with Connection.to(server.url) as conn:
         pending = {u: conn.get(f"/user/{u}").json()["pendingMessages"] for u in USERS}
@@ -142,7 +140,6 @@ def test_engine_self_update_and_revert(server: cb.ServerProcess) -> None:
     assert f"[committed] {MARKER} committed: 1 change(s)" in progress
 
 
-@pytest.mark.xfail(reason="engine: merging queue.Queue fails (classmethod(GenericAlias))")
 def test_update_after_a_self_update_runs_the_new_engine(server: cb.ServerProcess) -> None:
     _, progress = update(server, "core_queue.py")
     assert MARKER not in progress
