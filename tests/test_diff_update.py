@@ -175,3 +175,36 @@ def test_a_burst_of_rename_saves_ends_on_the_last_version(live_module):
             result = results.get(timeout=DEADLINE)
             assert result.committed, result.line()
     assert module.value() == 10
+
+
+def test_generated_field_migrations_apply_once_the_todo_is_filled(live_module, tmp_path):
+    load, _ = live_module
+    v1 = (SCENARIOS / "diff_fields" / "v1.py").read_text()
+    v2 = (SCENARIOS / "diff_fields" / "v2.py").read_text()
+    module = load(v1)
+    vector, item, session = module.Vector(3, 4), module.Item("tea"), module.Session("bob")
+    counter, account = module.Counter(), module.Account("ann", 250)
+    held = {"v": vector, "items": [item]}
+    generated = diff_sources({module.__name__: (v1, v2)})
+    patch_file = generated.write(tmp_path / "fields.py")
+
+    refused = gdsu_fork.update(patch_file)
+    assert not refused.committed
+    assert "Account gains field(s) balance" in (refused.reason or "")
+    assert vars(vector) == {"x": 3, "y": 4}, "a refused update changes nothing"
+
+    todo = "    raise NotImplementedError("
+    text = patch_file.read_text()
+    assert text.count(todo) == 1
+    filled = "    new.balance = old.cents / 100\n    return new\n"
+    patch_file.write_text(text.replace(todo, filled + todo))
+    report = gdsu_fork.update(patch_file)
+
+    assert report.committed, report.reason
+    assert held["v"] is vector
+    assert vars(vector) == {"a": 3, "y": 4, "z": 0.0, "tags": []}
+    assert vector.norm() == 5.0
+    assert (item.price, item.log) == (0.5, [])
+    assert vars(session) == {"user": "bob"}
+    assert vars(counter) == {"hits": 0, "misses": 0, "label": "counter"}
+    assert account.balance == 2.5
