@@ -12,8 +12,10 @@ import dataclasses
 import enum
 import os
 import signal
+import subprocess
 import sys
 import time
+import traceback
 import uuid
 from pathlib import Path
 from typing import Any
@@ -159,9 +161,8 @@ class Supervisor:
         finally:
             if watcher is not None:
                 watcher.stop()
-            if self.app is not None and self.app.poll() is None:
-                self.app.kill()
-                self.app.popen.wait()
+            if self.app is not None:
+                self._stop_app(self.app)  # only after a crash of our own: the app outlived us
             for sock in (control, agents):
                 if sock is not None:
                     sock.close()
@@ -201,7 +202,31 @@ class Supervisor:
     def _drain(self, source: ControlEndpoint | AgentLink, handle: Any) -> None:
         while source.socket.poll(0, zmq.POLLIN):
             identity, message = source.receive()
-            handle(identity, message)
+            try:
+                handle(identity, message)
+            except Exception as exc:
+                # A bug (or a full disk) while handling one message must not stop the app's
+                # supervision: report it to whoever asked and keep serving.
+                detail = "".join(traceback.format_exception_only(exc)).strip()
+                _log(self.name, f"internal error while handling a message: {detail}")
+                if source is self.control and not isinstance(message, protocol.ProtocolError):
+                    msg = f"gdsu-supervise failed on this request: {detail}; see its stderr"
+                    error = protocol.Error(message.id, protocol.ErrorCode.INTERNAL, msg)
+                    self.control.send(identity, error)
+
+    def _stop_app(self, app: AppProcess) -> None:
+        """SIGTERM, wait up to --stop-timeout, SIGKILL, reap; each step logged."""
+        if app.poll() is not None:
+            return
+        _log(self.name, f"stopping app pid {app.pid}: SIGTERM")
+        app.signal(signal.SIGTERM)
+        try:
+            app.popen.wait(self.config.stop_timeout)
+        except subprocess.TimeoutExpired:
+            _log(self.name, f"app pid {app.pid} still running after SIGTERM: SIGKILL")
+            app.kill()
+            app.popen.wait()
+        _log(self.name, f"app pid {app.pid} {describe_status(app.popen.returncode)}")
 
     def _poll_timeout(self) -> int | None:
         now = time.monotonic()

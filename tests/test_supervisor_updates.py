@@ -229,6 +229,14 @@ def test_restart_warns_about_lost_patches_and_replay_restores_them(start) -> Non
     warnings = [r for r in _journal(app) if r["event"] == "warning"]
     assert len(warnings) == 1 and "patch_v2.py" in warnings[0]["message"]
 
+    # A journal that lost a bundle: the request fails with the cause, supervision goes on.
+    (bundle,) = (app.tmp_path / "state" / "gdsu" / "greeter" / "bundles").glob("*.json")
+    bundle.rename(bundle.with_suffix(".away"))
+    broken = app.cli("replay")
+    assert broken.returncode == 1 and "failed on this request" in broken.stderr
+    assert "FileNotFoundError" in broken.stderr
+    bundle.with_suffix(".away").rename(bundle)
+
     replay = app.cli("replay")
     assert replay.returncode == 0, replay.stderr
     assert app.get("/r") == "v2 /r"
