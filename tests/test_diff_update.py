@@ -68,13 +68,16 @@ def test_a_generated_method_only_patch_applies_without_edits(live_module, tmp_pa
     assert module.Circle.unit().r == 1.0
 
 
-def test_a_declared_migration_applies_from_a_watched_save(live_module, tmp_path):
-    """Watch mode end to end: a class gains a field, the class says how to fill it."""
+def test_declared_migrations_apply_from_a_watched_save(live_module):
+    """Watch mode end to end: classes change fields and say, next to them, how to migrate."""
     load, path = live_module
-    module = load("class Box:\n    def __init__(self, w):\n        self.w = w\n")
-    boxes = [module.Box(1), module.Box(5)]
-    results: queue.Queue[SaveResult] = queue.Queue()
+    module = load(
+        "class Box:\n    def __init__(self, w):\n        self.w = w\n\n\n"
+        "class Tag:\n    def __init__(self, label):\n        self.label = label\n"
+    )
+    boxes, tag = [module.Box(1), module.Box(5)], module.Tag("red")
     v2 = (
+        "from gdsu_fork import policies\n\n\n"
         "def _fill(old, new, env):\n"
         "    new.h = old.w * 2\n"
         "    return new\n\n\n"
@@ -82,9 +85,13 @@ def test_a_declared_migration_applies_from_a_watched_save(live_module, tmp_path)
         "    __gdsu_migrate__ = _fill\n\n"
         "    def __init__(self, w):\n        self.w = w\n        self.h = w * 2\n\n"
         "    def area(self):\n        return self.w * self.h\n\n\n"
+        "class Tag:\n"
+        "    __gdsu_migrate__ = policies.Rename(label='name')\n\n"
+        "    def __init__(self, name):\n        self.name = name.upper()\n\n\n"
         "def __gdsu_validate__(env):\n"
         "    return all(b.h == 2 * b.w for _, b in env.pairs(__name__ + ':Box'))\n"
     )
+    results: queue.Queue[SaveResult] = queue.Queue()
     with Watcher([path.parent], gdsu_fork.update, on_result=results.put):
         temp = path.with_suffix(".tmp")
         temp.write_text(v2)
@@ -92,7 +99,8 @@ def test_a_declared_migration_applies_from_a_watched_save(live_module, tmp_path)
         result = results.get(timeout=DEADLINE)
     assert result.committed, result.line()
     assert [b.area() for b in boxes] == [2, 50]
-    assert result.line().startswith(f"watch: {path.name}: changed {module.__name__}:Box.__init__")
+    assert vars(tag) == {"name": "red"}
+    assert f"migrates {module.__name__}:Box, {module.__name__}:Tag" in result.line()
 
 
 def test_a_watched_save_reaches_a_running_thread_without_errors(live_module):
