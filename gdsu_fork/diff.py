@@ -60,10 +60,6 @@ class Default:
             return f"policies.AddDefault({field!r}, factory={self.factory})"
         return f"policies.AddDefault({field!r}, {self.value})"
 
-    def describe(self) -> str:
-        """A short text for comments and summaries."""
-        return f"factory {self.factory}" if self.factory is not None else f"default {self.value}"
-
 
 @dataclasses.dataclass
 class ClassInfo:
@@ -72,7 +68,7 @@ class ClassInfo:
     qualname: str
     bases: tuple[str, ...]
     decorators: tuple[str, ...]
-    kind: str  # "plain", "dataclass" or "namedtuple"
+    kind: str  # "plain", "dataclass" (attrs too), "namedtuple" or "model" (pydantic)
     slots: tuple[str, ...] | None
     fields: dict[str, Default | None]
     uses: dict[str, Counter[str]]
