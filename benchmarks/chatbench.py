@@ -173,11 +173,10 @@ def members() -> dict[str, list[str]]:
 
 @dataclasses.dataclass(frozen=True)
 class ClientSpec:
-    """One load client: which user it is, where to send, for how long, how many posts a round."""
+    """One load client: which user it is, where to send, how many posts a round, how fast."""
 
     user: int
     url: str
-    duration: float
     posts: int = 50
     seed: int = 0
     rate: float = 0.0  # requests per second for this client; 0: as fast as the server answers
@@ -186,6 +185,8 @@ class ClientSpec:
 @dataclasses.dataclass
 class ClientResult:
     """Per second (from the common start): requests, summed and max latency (s), errors.
+
+    The lists grow as the run goes on: the run ends when the coordinator says so.
 
     `posted` maps each text the client sent to its room; `received` counts the texts its user
     fetched.
@@ -201,12 +202,13 @@ class ClientResult:
     received: Counter[str]
 
 
-def run_client(spec: ClientSpec, ready: Any, go: Any, start: Any) -> ClientResult:
-    """Run one client's rounds: GET its user, `posts` POSTs to a random room, fetch its messages."""
-    seconds = int(spec.duration) + 2
-    result = ClientResult(
-        spec.user, [0] * seconds, [0.0] * seconds, [0.0] * seconds, [0] * seconds, [], {}, Counter()
-    )
+def run_client(spec: ClientSpec, ready: Any, go: Any, start: Any, end: Any) -> ClientResult:
+    """Run one client's rounds: GET its user, `posts` POSTs to a random room, fetch its messages.
+
+    `start` and `end` are shared doubles (time.monotonic): the common start, and the end, which
+    the coordinator may push back while an update is still running.
+    """
+    result = ClientResult(spec.user, [], [], [], [], [], {}, Counter())
     rng = random.Random(spec.seed * 1000 + spec.user)
     me = user_name(spec.user)
     conn = Connection.to(spec.url)
@@ -214,7 +216,6 @@ def run_client(spec: ClientSpec, ready: Any, go: Any, start: Any) -> ClientResul
     if not go.wait(timeout=120):
         return result
     t0 = start.value
-    end = t0 + spec.duration
     round_no = sent = 0
 
     def call(request: Call) -> bytes | None:
@@ -234,7 +235,10 @@ def run_client(spec: ClientSpec, ready: Any, go: Any, start: Any) -> ClientResul
             with contextlib.suppress(OSError):
                 conn = Connection.to(spec.url)
         done = time.monotonic()
-        second = min(int(began - t0), seconds - 1)
+        second = int(began - t0)
+        while len(result.requests) <= second:
+            for series in (result.requests, result.latency_sum, result.latency_max, result.errors):
+                series.append(0)
         latency = done - began
         result.requests[second] += 1
         result.latency_sum[second] += latency
@@ -246,11 +250,11 @@ def run_client(spec: ClientSpec, ready: Any, go: Any, start: Any) -> ClientResul
             return None
         return response.body if response is not None else None
 
-    while time.monotonic() < end:
+    while time.monotonic() < end.value:
         call(Call("GET", f"/user/{me}"))
         room = room_name(rng.randrange(1, ROOMS + 1))
         for j in range(spec.posts):
-            if time.monotonic() >= end:
+            if time.monotonic() >= end.value:
                 break
             text = f"c{spec.user}-{round_no}-{j}"
             if call(Call("POST", f"/room/{room}/{me}", text.encode(), "text/plain")) is not None:
@@ -263,9 +267,9 @@ def run_client(spec: ClientSpec, ready: Any, go: Any, start: Any) -> ClientResul
     return result
 
 
-def _client_process(spec: ClientSpec, ready: Any, go: Any, start: Any, out: Any) -> None:
+def _client_process(spec: ClientSpec, ready: Any, go: Any, start: Any, end: Any, out: Any) -> None:
     try:
-        out.put(run_client(spec, ready, go, start))
+        out.put(run_client(spec, ready, go, start, end))
     except BaseException as exc:
         out.put(f"client {spec.user} failed: {exc!r}")
         raise
@@ -279,34 +283,37 @@ def run_load(
     during: Callable[[float], None] | None = None,
     seed_no: int = 0,
     rate: float = 0.0,
+    tail: float = 2.0,
 ) -> tuple[list[ClientResult], float]:
     """Run `clients` client processes for `duration` s; call `during(t0)` meanwhile.
 
-    `rate` caps the requests per second of all clients together (0: no cap).
-
-    Returns the clients' results and the common start time (time.monotonic, one clock for all
-    processes on Linux).
+    If `during` is still running at the end, the clients go on until `tail` s after it returns,
+    so that whatever it does is measured under load. `rate` caps the requests per second of all
+    clients together (0: no cap). Returns the clients' results and how long they ran (s).
     """
     ctx = multiprocess.get_context("fork")
-    ready, go, start, out = ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0), ctx.Queue()
-    specs = [
-        ClientSpec(u, url, duration, seed=seed_no, rate=rate / clients)
-        for u in range(1, clients + 1)
+    ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
+    # Plain shared doubles: written by this process only, read by the clients on every round.
+    start, end = ctx.Value("d", 0.0, lock=False), ctx.Value("d", float("inf"), lock=False)
+    specs = [ClientSpec(u, url, seed=seed_no, rate=rate / clients) for u in range(1, clients + 1)]
+    procs = [
+        ctx.Process(target=_client_process, args=(s, ready, go, start, end, out)) for s in specs
     ]
-    procs = [ctx.Process(target=_client_process, args=(s, ready, go, start, out)) for s in specs]
     for proc in procs:
         proc.start()
     try:
         for _ in specs:
             ready.get(timeout=60)
         start.value = t0 = time.monotonic()
+        if during is None:
+            end.value = t0 + duration
         go.set()
         if during is not None:
-            during(t0)
-        deadline = t0 + duration + 120
+            during(t0)  # the end stays open (infinite) until it returns
+            end.value = max(t0 + duration, time.monotonic() + tail)
         results = []
         for _ in specs:
-            got = out.get(timeout=max(deadline - time.monotonic(), 1))
+            got = out.get(timeout=max(end.value - time.monotonic(), 0) + 120)
             if isinstance(got, str):
                 raise RuntimeError(got)
             results.append(got)
@@ -316,24 +323,25 @@ def run_load(
             if proc.is_alive():
                 proc.kill()
                 proc.join(timeout=10)
-    return sorted(results, key=lambda r: r.user), t0
+    return sorted(results, key=lambda r: r.user), end.value - t0
 
 
 def per_second(results: list[ClientResult]) -> list[dict[str, float]]:
     """The clients' seconds merged: requests, mean and max latency (ms), errors."""
     rows = []
-    for s in range(len(results[0].requests)):
-        requests = sum(r.requests[s] for r in results)
+    for s in range(max(len(r.requests) for r in results)):
+        present = [r for r in results if s < len(r.requests)]
+        requests = sum(r.requests[s] for r in present)
         if not requests:
             continue
-        latency = sum(r.latency_sum[s] for r in results)
+        latency = sum(r.latency_sum[s] for r in present)
         rows.append(
             {
                 "second": s,
                 "requests": requests,
                 "mean_ms": round(1000 * latency / requests, 3),
-                "max_ms": round(1000 * max(r.latency_max[s] for r in results), 3),
-                "errors": sum(r.errors[s] for r in results),
+                "max_ms": round(1000 * max(r.latency_max[s] for r in present), 3),
+                "errors": sum(r.errors[s] for r in present),
             }
         )
     return rows

@@ -118,7 +118,7 @@ def run(args: LoadConfig) -> dict[str, Any]:
             update["start_s"] = round(began - t0, 3)
             update["end_s"] = round(time.monotonic() - t0, 3)
 
-        results, _ = cb.run_load(
+        results, elapsed = cb.run_load(
             server.url, clients=args.clients, duration=args.duration, during=during, rate=args.rate
         )
         final = cb.stats(server.url)
@@ -137,7 +137,8 @@ def run(args: LoadConfig) -> dict[str, Any]:
     total_requests = sum(r["requests"] for r in rows)
     summary = {
         "requests": total_requests,
-        "requests_per_s": round(total_requests / args.duration, 1),
+        "requests_per_s": round(total_requests / elapsed, 1),
+        "load_s": round(elapsed, 3),
         "errors": sum(r["errors"] for r in rows),
         "live_messages_at_update": live.get("messages"),
         "update_max_ms": max((r["max_ms"] for r in in_window), default=None),

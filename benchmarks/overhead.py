@@ -25,7 +25,7 @@ def throughput(*, supervised: bool, duration: float, clients: int, messages: int
     """Requests per second of one fresh server over `duration` s of load."""
     with cb.open_server(supervised=supervised) as server:
         cb.prepare(server.url, messages)
-        results, _ = cb.run_load(server.url, clients=clients, duration=duration)
+        results, elapsed = cb.run_load(server.url, clients=clients, duration=duration)
     rows = cb.per_second(results)
     errors = sum(r["errors"] for r in rows)
     if errors:
@@ -33,7 +33,7 @@ def throughput(*, supervised: bool, duration: float, clients: int, messages: int
         kind = "supervised" if supervised else "plain"
         msg = f"{errors} failed request(s) in a {kind} run: {samples}"
         raise RuntimeError(msg)
-    return sum(r["requests"] for r in rows) / duration
+    return sum(r["requests"] for r in rows) / elapsed
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
