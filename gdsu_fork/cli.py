@@ -18,6 +18,7 @@ from . import protocol
 from .bundle import bundle_patch
 from .client import Client, ConnectionFailed, new_id
 from .errors import GdsuError
+from .report import Outcome, Report
 
 OK, FAILED, USAGE = 0, 1, 2
 
@@ -97,14 +98,21 @@ def _error_exit(reply: protocol.Error) -> int:
     return FAILED if reply.code in refused else USAGE
 
 
+_FINAL_PHASES = {str(Outcome.COMMITTED), str(Outcome.DISCARDED), str(Outcome.ABORTED)}
+
+
 def _print_progress(event: protocol.Message) -> None:
     if isinstance(event, protocol.Accepted):
         if event.ahead:
             _err(f"queued behind {event.ahead} update(s)")
     elif isinstance(event, protocol.ProgressEvent):
+        if event.phase in _FINAL_PHASES:
+            return  # the report that follows says it, with the reason
         _err(f"[{event.phase}] {event.message}")
         for blocker in event.data.get("blockers") or []:
-            _err(f"    blocked by {blocker}")
+            # "thread 'name':" and the innermost frame, where it is stuck; stacks come at the end
+            lines = str(blocker).splitlines()
+            _err(f"    {lines[0]} {lines[-1].strip() if len(lines) > 1 else ''}")
 
 
 # -- update -------------------------------------------------------------------------------------
@@ -144,8 +152,6 @@ def run_update(args: argparse.Namespace) -> int:
     if isinstance(reply, protocol.Error):
         return _error_exit(reply)
     assert isinstance(reply, protocol.ReportReply)
-    from .report import Report
-
     report = Report.from_dict(reply.report)
     _out(report.to_json() if args.json else report.summary())
     return OK if report.committed else FAILED

@@ -90,7 +90,7 @@ def test_update_under_load_loses_no_request(start) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["outcome"] == "committed" and report["timings"]["pause"] > 0
-    for phase in ("[rehearsing]", "[waiting]", "[paused]", "[committed]"):
+    for phase in ("[rehearsing]", "[waiting]", "[paused]", "[committing]"):
         assert phase in result.stderr
     assert hammer.failures == []
     for answers in hammer.answers:
@@ -185,6 +185,23 @@ def test_hung_child_is_killed_at_the_timeout(start) -> None:
     assert report["outcome"] == "discarded" and "killed" in report["reason"]
     assert app.get("/t") == "v1 /t"
     assert app.status()["state"] == "running"
+
+
+def test_a_blocked_safe_point_aborts_and_names_the_thread(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("GREETER_SPIN", "1")
+    app = Supervised(tmp_path)
+    try:
+        app.wait_running()
+        result = app.cli("update", str(GREETER / "patch_spinner.py"), "--timeout", "1")
+        assert result.returncode == 1, result.stderr
+        assert result.stdout.startswith("aborted")
+        assert "[waiting]" in result.stderr
+        assert "thread 'spinner'" in result.stderr
+        assert "spinner.py:" in result.stderr and "in spin" in result.stderr
+        assert app.get("/s") == "v1 /s" and app.status()["state"] == "running"
+    finally:
+        app.close()
+        print(app.output())
 
 
 def test_app_dying_mid_update_is_reported(start) -> None:

@@ -1,5 +1,6 @@
 """A small threaded HTTP app for supervisor tests: GET / answers greeting.greet(path).
 
+With GREETER_SPIN set, a thread named "spinner" runs spinner.spin() forever.
 GET /visit/NAME counts visits on a live `visitors.Visitor` object; /visitor-id/NAME gives its id().
 
 Usage: server.py PORTFILE. Writes the port it listens on to PORTFILE once ready. GET /crash exits
@@ -14,6 +15,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import greeting
+import spinner
 import visitors
 
 # Memory the app has written (so it is resident); a patch that rewrites it in the update child
@@ -43,6 +45,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
+    if os.environ.get("GREETER_SPIN"):
+        threading.Thread(target=spinner.spin, name="spinner", daemon=True).start()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
