@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
+from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol
 from .errors import GdsuError
 
 OnEvent = Callable[[protocol.Message], None]
+
+_HANDSHAKE_FAILURES = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 
 
 class ConnectionFailed(GdsuError, ConnectionError):
@@ -48,6 +56,9 @@ class Client:
             from supervisor.security import arm_client
 
             arm_client(self.socket, curve_keys)
+        # A refused handshake (unknown CURVE key, CURVE on one side only) shows up only as a
+        # socket event; watching for it turns a silent timeout into a precise error.
+        self._monitor = self.socket.get_monitor_socket(_HANDSHAKE_FAILURES)
         self.socket.connect(endpoint)
 
     def __enter__(self) -> Client:
@@ -63,6 +74,8 @@ class Client:
 
     def close(self) -> None:
         """Close the socket and its context."""
+        self.socket.disable_monitor()
+        self._monitor.close(linger=0)
         self.socket.close(linger=0)
         self._context.term()
 
@@ -76,8 +89,14 @@ class Client:
         """Send `message`; pass each intermediate reply to `on_event`; return the final reply."""
         self.socket.send(protocol.encode(message))
         timeout, first = self.connect_timeout, True
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         while True:
-            if not self.socket.poll(int(timeout * 1000), zmq.POLLIN):
+            ready = dict(poller.poll(int(timeout * 1000)))
+            if self._monitor in ready:
+                raise ConnectionFailed(self._refusal(recv_monitor_message(self._monitor)))
+            if self.socket not in ready:
                 raise ConnectionFailed(self._silence(timeout, first=first))
             try:
                 reply = protocol.decode(self.socket.recv(), max_bytes=2**31)
@@ -91,6 +110,19 @@ class Client:
             if on_event is not None:
                 on_event(reply)
             timeout, first = idle_timeout, False
+
+    def _refusal(self, event: Mapping[str, Any]) -> str:
+        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return (
+                f"{self.endpoint} refused this client's CURVE key (ZAP status {event['value']}); "
+                "add the client's public key to the server's authorized/ directory, or pass "
+                "the --curve-keys DIR that holds an authorized key"
+            )
+        return (
+            f"the security handshake with {self.endpoint} failed: one side uses CURVE and the "
+            "other does not, or the server key is wrong; pass the --curve-keys DIR made for "
+            "this server"
+        )
 
     def _silence(self, timeout: float, *, first: bool) -> str:
         if first:
