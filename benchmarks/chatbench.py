@@ -38,6 +38,7 @@ from chat.client import Call, Connection, HTTPFailure  # noqa: E402
 from chat.seed import ROOMS, USERS, room_name, rooms_of, seed, user_name  # noqa: E402
 
 READY_PREFIX = "chat server listening on "
+CLIENT_TIMEOUT = 60.0
 
 
 def supervisor_command() -> list[str] | None:
@@ -162,6 +163,12 @@ def stats(url: str, *, detail: bool = True) -> dict[str, Any]:
         return response.json()
 
 
+def stray_texts(url: str, cls: str) -> dict[str, Any]:
+    """How many messages have class `cls`, and up to 20 of their texts."""
+    with Connection.to(url, timeout=60) as conn:
+        return conn.get(f"/_stats?class={cls}").json()
+
+
 def members() -> dict[str, list[str]]:
     """Each seeded room's members (the load never changes them)."""
     rooms: dict[str, list[str]] = {room_name(r): [] for r in range(1, ROOMS + 1)}
@@ -211,7 +218,8 @@ def run_client(spec: ClientSpec, ready: Any, go: Any, start: Any, end: Any) -> C
     result = ClientResult(spec.user, [], [], [], [], [], {}, Counter())
     rng = random.Random(spec.seed * 1000 + spec.user)
     me = user_name(spec.user)
-    conn = Connection.to(spec.url)
+    # A long pause should show as latency, not as an error: time out only past any update timeout.
+    conn = Connection.to(spec.url, timeout=CLIENT_TIMEOUT)
     ready.put(spec.user)
     if not go.wait(timeout=120):
         return result
@@ -233,7 +241,7 @@ def run_client(spec: ClientSpec, ready: Any, go: Any, start: Any, end: Any) -> C
             response, ok, problem = None, False, f"{request.method} {request.path}: {exc!r}"
             conn.close()
             with contextlib.suppress(OSError):
-                conn = Connection.to(spec.url)
+                conn = Connection.to(spec.url, timeout=CLIENT_TIMEOUT)
         done = time.monotonic()
         second = int(began - t0)
         while len(result.requests) <= second:

@@ -87,6 +87,14 @@ CLASSES_AFTER = {
 V1_CLASSES = ("ChMessage", "ChMessage")
 
 
+def expected_classes(update: dict[str, Any]) -> tuple[str, str]:
+    """The message classes the run should end with, given the update's report."""
+    report = update.get("report", {})
+    if report.get("outcome") != "committed":
+        return V1_CLASSES
+    return CLASSES_AFTER.get(update.get("patch", ""), V1_CLASSES)
+
+
 def check_classes(stats: dict[str, Any], expected: tuple[str, str]) -> dict[str, Any]:
     """Whether every message has the class its sender (or lack of one) calls for."""
     user_cls, info_cls = expected
@@ -114,6 +122,7 @@ def run(args: LoadConfig) -> dict[str, Any]:
             live.update(cb.stats(server.url, detail=False))
             time.sleep(max(0.0, t0 + args.update_at - time.monotonic()))
             began = time.monotonic()
+            update["patch"] = args.patch.name
             update["report"] = updater(server, args)
             update["start_s"] = round(began - t0, 3)
             update["end_s"] = round(time.monotonic() - t0, 3)
@@ -122,13 +131,17 @@ def run(args: LoadConfig) -> dict[str, Any]:
             server.url, clients=args.clients, duration=args.duration, during=during, rate=args.rate
         )
         final = cb.stats(server.url)
+        strays = {
+            cls: cb.stray_texts(server.url, cls)
+            for cls in final["classes"]
+            if cls not in expected_classes(update)
+        }
         rest = cb.fetch_rest(server.url)
         alive = server.proc.poll() is None
     rows = cb.per_second(results)
     delivery = cb.verify_delivery(results, rest)
-    committed = update.get("report", {}).get("outcome") == "committed"
-    expected = CLASSES_AFTER.get(args.patch.name, V1_CLASSES) if committed else V1_CLASSES
-    classes = check_classes(final, expected)
+    classes = check_classes(final, expected_classes(update))
+    classes["strays"] = strays
     announcements = 2 * cb.USERS  # each user's entry into each of its two rooms
     count_ok = final["messages"] == args.messages + announcements + delivery["posted"]
     window = range(int(update.get("start_s", -1)), int(update.get("end_s", -1)) + 1)

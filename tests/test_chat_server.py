@@ -292,6 +292,18 @@ def test_stats_count_only(conn: Connection) -> None:
     assert conn.get("/_stats?detail=0").json() == {"messages": 1}
 
 
+def test_stats_names_the_messages_of_a_class(conn: Connection) -> None:
+    make_users(conn, "ann")
+    conn.put("/room/r")
+    conn.put("/room/r/ann")
+    conn.post("/room/r/ann", "x")
+    assert conn.get("/_stats?class=ChMessage").json() == {
+        "count": 2,
+        "texts": ["User Ann X has entered to the room.", "x"],
+    }
+    assert conn.get("/_stats?class=Nope").json() == {"count": 0, "texts": []}
+
+
 def test_stats_route_is_off_by_default() -> None:
     with running_server() as srv, Connection("127.0.0.1", srv.server_address[1]) as c:
         assert c.get("/_stats").status == 404

@@ -71,7 +71,8 @@ def _post(chat: Chat, req: Request) -> Reply:
 def _stats(chat: Chat, req: Request) -> Reply:
     """For benchmarks and tests of live updates: what the REST routes cannot show.
 
-    With `?detail=0` only the message count, cheap enough to ask under load.
+    With `?detail=0` only the message count, cheap enough to ask under load; with `?class=NAME`
+    the texts of (up to 20) messages of that class, to find the ones an update missed.
 
     How many messages of each class, of each class how many have no sender, and each user's
     queue's `high_water` attribute (None unless the core_queue patch gave queues one).
@@ -79,6 +80,9 @@ def _stats(chat: Chat, req: Request) -> Reply:
     if req.params.get("detail") == "0":  # cheap: no walk over the messages, no lock held long
         return 200, {"messages": sum(len(room.history) for room in list(chat.rooms.values()))}
     messages = chat.messages()
+    if "class" in req.params:  # which messages have this class: up to 20, for diagnosis
+        texts = [m.text for m in messages if type(m).__name__ == req.params["class"]]
+        return 200, {"count": len(texts), "texts": texts[:20]}
     classes = collections.Counter(type(m).__name__ for m in messages)
     senderless = collections.Counter(type(m).__name__ for m in messages if m.sender is None)
     high_water = {u.username: getattr(u.pending, "high_water", None) for u in chat.users.values()}
