@@ -41,6 +41,24 @@ class Journal:
         self.directory = Path(state_dir) / name
         (self.directory / "bundles").mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = self.directory / "journal.jsonl"
+        self._end_torn_line()
+
+    def _end_torn_line(self) -> None:
+        """If a crash cut the last record short, end its line, so the next record stays whole.
+
+        Only the app's supervisor (it holds the name) writes here, so nobody is mid-write now.
+        """
+        try:
+            with open(self.path, "rb+") as journal:
+                if journal.seek(0, os.SEEK_END) == 0:
+                    return
+                journal.seek(-1, os.SEEK_END)
+                if journal.read(1) != b"\n":
+                    journal.write(b"\n")
+                    journal.flush()
+                    os.fsync(journal.fileno())
+        except FileNotFoundError:
+            pass
 
     @classmethod
     def open_existing(cls, state_dir: str | os.PathLike[str], name: str) -> Journal | None:
