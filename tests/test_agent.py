@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,10 @@ class FakeEngine:
         self.calls.append((patch, options, patch.read_text()))
         progress = options["progress"]
         progress(Progress(Phase.REHEARSING, "rehearsing", {"pid": 4242, "odd": object()}))
-        if self.hold:
-            assert self.release.wait(10), "the test never released the engine"
+        deadline = time.monotonic() + 10
+        while self.hold and not self.release.wait(0.01):  # a safe-point wait, reporting
+            assert time.monotonic() < deadline, "the test never released the engine"
+            progress(Progress(Phase.WAITING, "waiting", {}))
         if self.fail:
             raise RuntimeError("engine bug")
         progress(Progress(Phase.COMMITTED, "committed", {}))
@@ -109,11 +112,17 @@ def test_requests_during_an_update_get_busy(link: Any) -> None:
     _, first = _recv(router)
     assert isinstance(first, protocol.ProgressEvent)
     router.send_multipart([identity, protocol.encode(_update("u2"))])
+    reply = _recv(router)[1]
+    while isinstance(reply, protocol.ProgressEvent):  # answered at the engine's next event
+        assert reply.id == "u1"
+        reply = _recv(router)[1]
+    assert isinstance(reply, protocol.Error)
+    assert (reply.id, reply.code) == ("u2", protocol.ErrorCode.BUSY)
     engine.release.set()
-    replies = [_recv(router)[1] for _ in range(3)]
-    busy = [r for r in replies if isinstance(r, protocol.Error)]
-    assert [(b.id, b.code) for b in busy] == [("u2", protocol.ErrorCode.BUSY)]
-    assert isinstance(replies[-1], protocol.ReportReply) and replies[-1].id == "u1"
+    reply = _recv(router)[1]
+    while isinstance(reply, protocol.ProgressEvent):
+        reply = _recv(router)[1]
+    assert isinstance(reply, protocol.ReportReply) and reply.id == "u1"
     assert len(engine.calls) == 1
 
 

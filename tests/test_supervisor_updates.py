@@ -127,35 +127,48 @@ def test_update_migrating_live_instances_under_load(start) -> None:
     assert app.get("/visitor-id/a") == identity  # the same object, migrated in place
 
 
-def test_second_update_is_busy_unless_it_waits(start) -> None:
-    app = start()
-    slow = subprocess.Popen(
-        [sys.executable, "-m", "gdsu_fork.cli", "update", str(GREETER / "patch_slow.py")],
-        env=app.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def test_second_update_is_busy_unless_it_waits(tmp_path: Path, monkeypatch) -> None:
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("GREETER_GATE", str(gate))
+    app = Supervised(tmp_path)
+    gated = None
     try:
+        app.wait_running()
+        gated = subprocess.Popen(
+            [sys.executable, "-m", "gdsu_fork.cli", "update", str(GREETER / "patch_gated.py")],
+            env=app.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         wait_for(lambda: app.status()["state"] == "updating", 20, "the first update to start")
         busy = app.cli("update", str(GREETER / "patch_v2.py"))
         assert busy.returncode == 1
-        assert "busy with update patch_slow.py" in busy.stderr and "--wait" in busy.stderr
+        assert "busy with update patch_gated.py" in busy.stderr and "--wait" in busy.stderr
+
         events: list[protocol.Message] = []
+
+        def on_event(event: protocol.Message) -> None:
+            events.append(event)
+            if isinstance(event, protocol.Accepted):
+                gate.touch()  # queued behind the first: now let the first one finish
+
         request = protocol.Update(new_id(), bundle_patch(GREETER / "patch_v2.py"), wait=True)
         with Client(app.endpoint) as client:
-            final = client.request(request, on_event=events.append)
+            final = client.request(request, on_event=on_event)
         assert isinstance(events[0], protocol.Accepted) and events[0].ahead == 1
         assert isinstance(final, protocol.ReportReply)
         assert final.report["outcome"] == "committed"
-        _, err = slow.communicate(timeout=60)
+        _, err = gated.communicate(timeout=60)
+        assert gated.returncode == 0, err
+        outcomes = [(r["patch"], r["outcome"]) for r in app.journal() if r["event"] == "update"]
+        assert outcomes == [("patch_gated.py", "committed"), ("patch_v2.py", "committed")]
     finally:
-        if slow.poll() is None:
-            slow.kill()
-            slow.communicate()
-    assert slow.returncode == 0, err
-    outcomes = [r["outcome"] for r in _journal(app) if r["event"] == "update"]
-    assert outcomes == ["committed", "committed"]
+        if gated is not None and gated.poll() is None:
+            gated.kill()
+            gated.communicate()
+        app.close()
+        print(app.output())
 
 
 def test_child_over_the_memory_cap_is_killed_and_discarded(tmp_path: Path, monkeypatch) -> None:
