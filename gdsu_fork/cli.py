@@ -123,17 +123,31 @@ def add_update(commands: Any) -> None:
     parser = commands.add_parser(
         "update",
         help="apply a patch to a running app",
-        description="Send a patch, with every file it names, to a supervised app and apply it.",
+        description=(
+            "Send a patch, with every file it names, to a supervised app and apply it; progress "
+            "is shown as it happens. Exit status: 0 committed, 1 discarded, aborted or busy, "
+            "2 usage or connection error."
+        ),
     )
     parser.add_argument("patch", help="the patch file (Python, binds `patch`)")
     add_target_options(parser)
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="S", help="default 10")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="deadline of the safe-point wait and of each update child (default 10)",
+    )
     parser.add_argument(
         "--no-rehearse", dest="rehearse", action="store_false", help="skip the rehearsal"
     )
     parser.add_argument("--wait", action="store_true", help="queue behind a running update")
     parser.add_argument(
-        "--include", action="append", default=[], metavar="FILE", help="send FILE too"
+        "--include",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="send FILE too (a file the patch names in a way the CLI cannot see)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=run_update)
