@@ -10,6 +10,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH_DIR))
 
@@ -60,6 +62,7 @@ def test_check_classes_wants_the_class_the_sender_implies() -> None:
     assert load.check_classes(v1, load.V1_CLASSES)["ok"]
 
 
+@pytest.mark.slow
 def test_short_load_run_without_update(tmp_path: Path) -> None:
     command = [sys.executable, str(BENCH_DIR / "load.py"), "--updater", "none"]
     command += ["--duration", "3", "--update-at", "1", "--messages", "100", "--clients", "3"]
@@ -86,3 +89,20 @@ def test_clients_keep_going_until_after_a_slow_update() -> None:
     assert elapsed >= 2.5
     seconds = [row["second"] for row in cb.per_second(results)]
     assert seconds[:3] == [0, 1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(cb.supervisor_command() is None, reason="gdsu-supervise is not installed")
+def test_crashing_patch_under_load_harms_nothing(tmp_path: Path) -> None:
+    command = [sys.executable, str(BENCH_DIR / "failing.py"), "--scenario", "crash"]
+    command += ["--duration", "3", "--update-at", "1", "--messages", "200"]
+    command += ["--results", str(tmp_path), "--name", "crash"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (result,) = json.loads((tmp_path / "crash.json").read_text())["scenarios"]
+    assert result["row"]["outcome"] == "discarded"
+    assert "SIGSEGV" in result["reason"]
+    assert result["run"]["summary"]["errors"] == 0
+    assert result["run"]["summary"]["classes"]["found"] == {
+        "ChMessage": 220 + result["run"]["summary"]["delivery"]["posted"]
+    }
