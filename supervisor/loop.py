@@ -18,13 +18,12 @@ import time
 import traceback
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from gdsu_fork import protocol
 from gdsu_fork.report import Outcome
-from gdsu_fork.watch import Watcher, apply_through
 
 from .control import AgentLink, ControlEndpoint
 from .journal import Journal, StalePatch, module_records
@@ -32,6 +31,9 @@ from .process import AppProcess, Backoff, Program, describe_status, exit_code
 from .registry import AppRecord, NameClaim, ipc_endpoint, runtime_dir
 from .signals import SignalQueue
 from .watch import ChildWatch
+
+if TYPE_CHECKING:
+    from gdsu_fork.watch import Watcher
 
 WATCH_INTERVAL = 0.05
 """Seconds between two looks at the update children while an update runs."""
@@ -173,6 +175,8 @@ class Supervisor:
 
     def _start_watcher(self) -> Watcher:
         """--watch: each save becomes an update sent to our own control endpoint (journaled)."""
+        from gdsu_fork.watch import Watcher, apply_through  # watchdog: only when asked for
+
         script = self.config.program.script
         watcher = Watcher(
             self.config.watch,
