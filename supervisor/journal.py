@@ -27,7 +27,11 @@ def default_state_dir() -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class StalePatch:
-    """A committed patch whose module sources the files on disk no longer hold."""
+    """A committed patch that a restart lost.
+
+    `modules` names the files on disk that lack its source; it is empty for a patch that replaced
+    no module file, which cannot be checked against the disk.
+    """
 
     digest: str
     entry: str
@@ -112,22 +116,29 @@ class Journal:
         return Bundle(**data)
 
     def stale_patches(self) -> list[StalePatch]:
-        """Committed patches whose newest module sources differ from the files on disk.
+        """Committed patches that a fresh start of the app, from the files on disk, would lack.
 
-        For each module file, only the last committed source counts; a patch is stale if any of
-        its modules' files on disk does not hold that source (the operator did not deploy it).
+        Call it before journaling the new start. For each module file, only the last committed
+        source counts; a patch is stale if a file on disk does not hold that source (nobody
+        deployed it). A patch that replaced no module file (single definitions, migrations)
+        cannot be checked against the disk: it is stale if the process that just ended had it.
         """
         latest: dict[str, tuple[str, str]] = {}  # file -> (sha256, digest)
         patches: dict[str, dict[str, Any]] = {}
+        unverifiable: set[str] = set()  # committed to the last process, no module file
         for record in self.read():
+            if record.get("event") in ("start", "restart"):
+                unverifiable.clear()
             if record.get("event") != "update" or record.get("outcome") != "committed":
                 continue
-            for module in record.get("modules", []):
-                if module.get("file"):
-                    latest[module["file"]] = (module["sha256"], record["digest"])
+            files = [m for m in record.get("modules", []) if m.get("file")]
+            for module in files:
+                latest[module["file"]] = (module["sha256"], record["digest"])
+            if not files:
+                unverifiable.add(record["digest"])
             patches.pop(record["digest"], None)
             patches[record["digest"]] = record  # re-insert: order by last commit
-        stale: dict[str, list[str]] = {}
+        stale: dict[str, list[str]] = {digest: [] for digest in unverifiable}
         for file, (sha, digest) in latest.items():
             try:
                 on_disk = hashlib.sha256(Path(file).read_bytes()).hexdigest()

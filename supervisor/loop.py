@@ -278,11 +278,14 @@ class Supervisor:
         self.agent = None
         if self.watcher is not None:
             self.watcher.reload()  # the new process runs the files on disk
+        self.stale = self.journal.stale_patches()  # before the start: it ends the last run
         event = "restart" if self.restarts else "start"
         self.journal.append(event, pid=self.app.pid, restarts=self.restarts)
-        self.stale = self.journal.stale_patches()
         if self.stale:
-            names = ", ".join(f"{p.entry} ({', '.join(p.modules)})" for p in self.stale)
+            names = ", ".join(
+                f"{p.entry} ({', '.join(p.modules) or 'no module file to compare'})"
+                for p in self.stale
+            )
             warning = (
                 f"{len(self.stale)} committed patch(es) are not in the files on disk and are "
                 f"lost to this run: {names}; run `gdsu-fork replay --name {self.name}` to apply "

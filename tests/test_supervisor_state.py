@@ -66,6 +66,19 @@ def test_stale_patches_are_those_whose_latest_source_is_not_on_disk(tmp_path: Pa
     assert module_records(second, {})[0]["sha256"] == hashlib.sha256(b"v3\n").hexdigest()
 
 
+def test_a_patch_without_module_files_is_lost_with_the_process_that_had_it(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path, "app")
+    journal.append("start", pid=1)
+    defines_only = Bundle({"p.py": "patch.define(...)"}, "p.py", {})
+    digest = _commit(journal, defines_only, tmp_path / "unused.py")
+    (stale,) = journal.stale_patches()
+    assert (stale.digest, stale.modules) == (digest, ())
+    journal.append("restart", pid=2)  # that restart was warned about; replay or not, it is past
+    assert journal.stale_patches() == []
+
+
 def test_backoff_doubles_to_a_cap_and_resets_after_a_healthy_run() -> None:
     backoff = Backoff(first=0.5, cap=4.0, healthy=10.0)
     assert [backoff.delay(1.0) for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
