@@ -58,7 +58,9 @@ class Agent:
     ) -> None:
         self.endpoint = endpoint
         self._update = updater or _engine_update
-        self._context = context or zmq.Context.instance()
+        # A context of our own: a program that terminates zmq's shared instance at exit must
+        # not wait on (or break) the agent's socket.
+        self._context = context or zmq.Context()
         self._stop_endpoint = f"inproc://gdsu-agent-stop-{id(self)}"
         self._stopper = self._context.socket(zmq.PAIR)
         self._stopper.bind(self._stop_endpoint)
