@@ -436,7 +436,9 @@ class Supervisor:
             return
         job = self.current = self.queue.popleft()
         request = job.request
-        child_memory = request.child_memory or self.config.child_memory
+        # The operator's --child-memory is a ceiling a client may lower, never raise.
+        caps = [c for c in (request.child_memory, self.config.child_memory) if c]
+        child_memory = min(caps) if caps else None
         job.started = time.monotonic()
         # The engine bounds each of its steps by `timeout`; this bounds the agent as a whole.
         job.deadline = job.started + 4 * request.timeout + 60.0
