@@ -35,7 +35,8 @@ class LoadConfig:
     clients: int = 10
     messages: int = 28_500
     patch: Path = cb.PATCHES / "v1_to_v2.py"
-    timeout: float = 10.0
+    # Longer than gdsu-fork's default of 10 s: under full load a rehearsal can take longer.
+    timeout: float = 30.0
     rehearse: bool = True
     updater: str = "cli"
     rate: float = 0.0
