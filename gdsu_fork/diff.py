@@ -745,7 +745,8 @@ def read_source(path: Path) -> str:
         return f.read()
 
 
-def _decode_source(data: bytes) -> str:
+def decode_source(data: bytes) -> str:
+    """Source bytes as text, honouring a PEP 263 coding cookie."""
     encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
     return data.decode(encoding)
 
@@ -935,7 +936,7 @@ def diff_git(
         if name is None:
             continue
         old, new = (
-            _decode_source(_git(top, "show", f"{rev}:{rel}")) if rel in tree else None
+            decode_source(_git(top, "show", f"{rev}:{rel}")) if rel in tree else None
             for rev, tree in zip((rev1, rev2), trees, strict=True)
         )
         versions[name] = (old, new)

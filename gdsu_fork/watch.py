@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import fcntl
+import os
 import queue
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -35,7 +39,15 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from .diff import GeneratedPatch, diff_sources, ignored, module_name, python_files, read_source
+from .diff import (
+    GeneratedPatch,
+    decode_source,
+    diff_sources,
+    ignored,
+    module_name,
+    python_files,
+    read_source,
+)
 from .errors import GdsuError
 from .report import Outcome, Report
 
@@ -281,23 +293,26 @@ class Watcher:
         """The file's text if no write was in progress or happened during the read, else None.
 
         None means "not now": the write under way ends with a close or rename, which posts a
-        new notice.
+        new notice. Where leases work, the read itself excludes writers (`_read_alone`); else
+        our read's own close-without-write event is a barrier (see `_Events`), which misses a
+        write whose event the kernel queues after we read (a truncation, say) only rarely.
         """
         events = self._events
         with events.cond:
             if path in events.writing:
                 return None
             version, reads = events.version[path], events.reads[path]
-        text = read_source(path)
-        if _HAS_CLOSE_EVENTS:
+        data, leased = _read_alone(path)
+        if data is None:
+            return None
+        if _HAS_CLOSE_EVENTS and not leased:
             with events.cond:
-                # Our read's own close-without-write is the barrier (see `_Events`); bounded,
-                # since a full inotify queue may drop it (then the version check still stands).
+                # Bounded: a full inotify queue may drop our event; the version check stands.
                 events.cond.wait_for(lambda: events.reads[path] > reads, timeout=0.2)
                 if events.version[path] != version or path in events.writing:
                     return None
         self._seen[path] = version
-        return text
+        return decode_source(data)
 
     def _wanted(self, path: Path) -> bool:
         """Files of the program: not hidden, not in a cache or virtualenv folder."""
@@ -343,6 +358,24 @@ class Watcher:
         changed = {p: s for p, s in current.items() if s != self._applied[p]}
         self._pending = set(changed)
         files = self._display(saved)
+        try:
+            names = {p: self._name(p) for p in changed}
+        except GdsuError as exc:
+            return SaveResult(files, error=str(exc))
+        main = [p for p in changed if names[p] == "__main__"]
+        if main:
+            # Running the new source of __main__ would run the program's top level (its
+            # `if __name__ == "__main__":` block) a second time, in the update child.
+            for path in main:
+                del changed[path]
+                self._pending.discard(path)
+            msg = (
+                "is the main script (__main__): not updated live, as that would start the "
+                "program again; move the code you edit into a module, or restart"
+            )
+            self.on_result(SaveResult(self._display(main), error=msg))
+            if not changed:
+                return None
         if not changed:
             summary = "new file, recorded as loaded from disk" if fresh else "no change"
             return SaveResult(files, summary=summary)
@@ -386,6 +419,48 @@ class Watcher:
             paths[name] = self._relative(path)
         title = f"watch: {', '.join(sorted(paths.values()))}"
         return diff_sources(versions, paths=paths, title=title)
+
+
+def _read_alone(path: Path) -> tuple[bytes | None, bool]:
+    """Read a file while no process has it open for writing: (data, True), or (None, True).
+
+    On Linux a read lease is granted only when nobody has the file open for writing, and it
+    holds off new writers until released, so what is read is a finished save; we hold it for
+    the read only. Without leases (other systems, some filesystems, another user's file) the
+    file is read plainly: (data, False).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        leased = _take_read_lease(fd)
+        if leased is None:
+            return None, True
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+        finally:
+            if leased:
+                fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return b"".join(chunks), leased
+    finally:
+        os.close(fd)
+
+
+def _take_read_lease(fd: int) -> bool | None:
+    """True if leased, None if a writer has the file open, False if leases are unavailable."""
+    if not hasattr(fcntl, "F_SETLEASE"):
+        return False
+    # A writer's open breaks the lease with a signal to the holder, SIGIO by default, whose
+    # default action ends the process: send SIGURG (ignored by default) and no one owns it.
+    fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY):
+            return None
+        return False  # EINVAL, EACCES, ENOLCK: no leases here
+    fcntl.fcntl(fd, fcntl.F_SETOWN, 0)
+    return True
 
 
 def _is_reload(notice: object) -> bool:

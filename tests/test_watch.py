@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gdsu_fork import watch as watch_module
 from gdsu_fork.errors import GdsuError
 from gdsu_fork.report import Outcome, Report
 from gdsu_fork.watch import SaveResult, Watcher
@@ -257,3 +258,43 @@ def test_after_a_restart_the_files_on_disk_are_the_applied_version(tree, watched
     assert next_result(results).committed
     assert recorder.patches[-1] == {"pkg.other": "X = 10\n"}
     assert watcher.applied_source(path) == "def f():\n    return 10\n"
+
+
+def test_the_main_script_is_not_updated_live(tree):
+    script = tree / "app.py"
+    script.write_text("import pkg.mod\n\nif __name__ == '__main__':\n    print('start')\n")
+    results: queue.Queue[SaveResult] = queue.Queue()
+    recorder = Recorder()
+    with Watcher([tree], recorder, names={script: "__main__"}, on_result=results.put):
+        save_in_place(script, "import pkg.mod\n\nif __name__ == '__main__':\n    print('again')\n")
+        refused = next_result(results)
+        assert refused.line() == (
+            "watch: app.py: is the main script (__main__): not updated live, as that would start "
+            "the program again; move the code you edit into a module, or restart"
+        )
+        save_in_place(tree / "pkg" / "mod.py", "def f():\n    return 11\n")
+        assert next_result(results).committed
+    assert recorder.patches == [{"pkg.mod": "def f():\n    return 11\n"}]
+
+
+def test_a_file_open_for_writing_is_not_read(tmp_path):
+    """The read lease: refused while any process has the file open for writing."""
+    path = tmp_path / "m.py"
+    path.write_text("X = 1\n")
+    writer = open(path, "a")  # noqa: SIM115 - held open on purpose
+    try:
+        assert watch_module._read_alone(path) == (None, True)
+    finally:
+        writer.close()
+    assert watch_module._read_alone(path) == (b"X = 1\n", True)
+
+
+def test_without_leases_the_event_barrier_still_applies_saves(tree, monkeypatch):
+    # Leases are missing on some filesystems and systems: force that branch.
+    monkeypatch.setattr(watch_module, "_take_read_lease", lambda fd: False)
+    results: queue.Queue[SaveResult] = queue.Queue()
+    recorder = Recorder()
+    with Watcher([tree], recorder, on_result=results.put):
+        save_in_place(tree / "pkg" / "mod.py", "def f():\n    return 12\n")
+        assert next_result(results).committed
+    assert recorder.patches == [{"pkg.mod": "def f():\n    return 12\n"}]
