@@ -22,6 +22,8 @@ import psutil
 import pytest
 import zmq
 from apps.supervised import APPS, Supervised, run_cli, wait_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gdsu_fork import protocol
 from gdsu_fork.client import Client, ConnectionFailed, new_id
@@ -344,3 +346,41 @@ def test_module_mode_runs_python_m_and_keeps_the_status(tmp_path: Path) -> None:
         "start",
         "exit",
     ]
+
+
+frames = st.one_of(
+    st.binary(max_size=300),
+    st.dictionaries(
+        st.sampled_from(["v", "kind", "id", "limit", "bundle", "timeout", "wait", "junk"]),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(-2, 2),
+            st.sampled_from(["status", "history", "update", "hello", "report", "nope"]),
+            st.text(max_size=5),
+            st.lists(st.integers(), max_size=2),
+        ),
+    ).map(lambda body: json.dumps(body).encode()),
+)
+
+
+def test_a_live_supervisor_answers_every_frame_and_keeps_serving(supervise: Start) -> None:
+    app = supervise()
+    app.wait_running()
+    sock = _raw_socket(app)
+
+    @settings(max_examples=150, deadline=None, derandomize=True)
+    @given(frames)
+    def answers(frame: bytes) -> None:
+        sock.send(frame)
+        reply = protocol.decode(sock.recv())
+        while reply.kind not in protocol.FINAL_KINDS:  # an update that decoded: its stream
+            reply = protocol.decode(sock.recv())
+
+    try:
+        answers()
+        sock.send(protocol.encode(protocol.Status("last")))
+        reply = protocol.decode(sock.recv())
+        assert isinstance(reply, protocol.StatusReply) and reply.status["state"] == "running"
+    finally:
+        sock.close()
