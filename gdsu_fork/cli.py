@@ -197,6 +197,10 @@ def run_status(args: argparse.Namespace) -> int:
     _out(f"  supervisor pid {status['supervisor_pid']}, endpoint {status['endpoint']}")
     counts = f"{status['restarts']} restart(s), {status['updates']} update(s)"
     _out(f"  up {status['uptime']:.0f} s, {counts}")
+    last = status.get("last_update")
+    if last:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last.get("time", 0)))
+        _out(f"  last update: {last.get('outcome')} {last.get('patch')} at {when}")
     if status.get("current"):
         _out(f"  updating: {status['current']['patch']} for {status['current']['elapsed']:.1f} s")
     if status.get("stale"):
