@@ -12,6 +12,7 @@ import builtins
 import ctypes
 import json
 import os
+import runpy
 import shutil
 import signal
 import sys
@@ -36,6 +37,7 @@ ENV_SUPERVISOR_PID = "GDSU_SUPERVISOR_PID"
 Updater = Callable[..., Report]
 
 _PR_SET_PDEATHSIG = 1
+_OUR_FILES = frozenset({__file__, runpy.__file__})
 
 
 def _engine_update(patch: Path, **options: Any) -> Report:
@@ -174,16 +176,17 @@ def _die_with_supervisor() -> None:
 
 def _run_program(argv: list[str]) -> None:
     """Run `script [args]` or `-m module [args]` as __main__, as the python command would."""
-    import runpy
 
     if argv[:1] == ["-m"] and len(argv) >= 2:
         sys.argv = argv[1:]
-        sys.path.insert(0, os.getcwd())
+        if not sys.flags.safe_path:
+            sys.path.insert(0, os.getcwd())
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
         return
     script = argv[0]
     sys.argv = list(argv)
-    sys.path.insert(0, os.path.dirname(os.path.realpath(script)))
+    if not sys.flags.safe_path:
+        sys.path.insert(0, os.path.dirname(os.path.realpath(script)))
     main = sys.modules["__main__"]
     with open(script, "rb") as source:
         code = compile(source.read(), script, "exec")
@@ -212,5 +215,16 @@ def bootstrap() -> None:
     endpoint = os.environ.pop(ENV_ENDPOINT, None)
     if endpoint:
         Agent(endpoint).start()
-    del sys.path[0]  # '' from `python -c`: the program's own directory goes there instead
-    _run_program(sys.argv[1:])
+    if sys.path[:1] == [""]:  # from `python -c`; the program's own directory goes there instead
+        del sys.path[0]
+    try:
+        _run_program(sys.argv[1:])
+    except (SystemExit, KeyboardInterrupt):
+        raise  # the interpreter turns these into the exit status, as for any program
+    except BaseException as exc:
+        # Report it as python would, through the program's excepthook, without our frames.
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename in _OUR_FILES:
+            tb = tb.tb_next
+        sys.excepthook(type(exc), exc.with_traceback(tb), tb)  # the hook prints __traceback__
+        sys.exit(1)

@@ -182,3 +182,15 @@ def test_bootstrap_runs_a_module_as_python_m_would(tmp_path: Path) -> None:
     assert seen["name"] == "__main__"
     assert seen["argv"] == [str(tmp_path / "showmod.py"), "x"]
     assert seen["path0"] == str(tmp_path)
+
+
+def test_an_uncaught_exception_reads_as_with_plain_python(tmp_path: Path) -> None:
+    script = APPS / "raises.py"
+    result = subprocess.run(
+        [sys.executable, "-c", BOOTSTRAP, str(script)], capture_output=True, text=True, timeout=60
+    )
+    plain = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == plain.returncode == 1
+    assert result.stderr == plain.stderr  # no frame of the bootstrap in the traceback
