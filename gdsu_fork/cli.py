@@ -426,6 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConnectionFailed, GdsuError) as exc:
         _err(f"gdsu-fork: {exc}")
         return USAGE
+    except OSError as exc:  # a file or directory named on the command line
+        _err(f"gdsu-fork: {exc.filename or 'a file'}: {exc.strerror}")
+        return USAGE
 
 
 if __name__ == "__main__":

@@ -59,7 +59,15 @@ class Client:
         # A refused handshake (unknown CURVE key, CURVE on one side only) shows up only as a
         # socket event; watching for it turns a silent timeout into a precise error.
         self._monitor = self.socket.get_monitor_socket(_HANDSHAKE_FAILURES)
-        self.socket.connect(endpoint)
+        try:
+            self.socket.connect(endpoint)
+        except zmq.ZMQError as exc:
+            self.close()
+            msg = (
+                f"cannot connect to {endpoint!r} ({exc}); an endpoint looks like "
+                "ipc:///run/user/1000/gdsu/app.ipc or tcp://host:7700"
+            )
+            raise ConnectionFailed(msg) from exc
 
     def __enter__(self) -> Client:
         return self

@@ -114,3 +114,8 @@ def test_exit_codes_as_a_separate_process(greeter: Supervised) -> None:
     assert result.returncode == 2 and "nope" in result.stderr
     result = greeter.cli("status")
     assert result.returncode == 0, result.stderr
+
+
+def test_a_malformed_endpoint_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(capsys, "status", "--endpoint", "carrier-pigeon://home")
+    assert code == 2 and "an endpoint looks like" in err
