@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,3 +73,40 @@ def test_saves_apply_live_and_a_bad_save_keeps_the_last_good_version(app):
     wait_for(lambda: supervised.get("/x") == "v4 /x", DEADLINE, "the next good save to apply")
     journal = supervised.cli("history", "--name", "greeter", "--json").stdout
     assert journal.count('"source": "client"') >= 3, journal
+
+
+def test_after_a_restart_saves_apply_on_top_of_the_files_on_disk(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    for module in GREETER.glob("*.py"):
+        if not module.name.startswith("patch"):
+            shutil.copy(module, source / module.name)
+    supervised = Supervised(
+        tmp_path, "--watch", str(source), "--restart", "on-failure", script=source / "server.py"
+    )
+    refused = (
+        "def extra():\n    return 1\n\n\n"
+        'def greet(path):\n    return "vb " + path\n\n\n'
+        "def __gdsu_validate__(env):\n    return False\n"
+    )
+    try:
+        first = supervised.wait_running()
+        greeting = source / "greeting.py"
+        # Refused by the running program, but on disk: the restarted program imports it.
+        save(greeting, refused)
+        wait_for(lambda: "-> discarded" in supervised.output(), DEADLINE, "a refusal")
+        assert supervised.get("/x") == "v1 /x"
+        crash = f"http://127.0.0.1:{supervised.port}/crash"
+        supervised.portfile.unlink()  # the restarted program writes it again
+        with pytest.raises(OSError):
+            urllib.request.urlopen(crash, timeout=10)
+        assert supervised.wait_running()["app_pid"] != first["app_pid"]
+        assert supervised.get("/x") == "vb /x"
+        save(greeting, refused.replace('"vb "', '"v3 "').replace("False", "True"))
+        wait_for(lambda: supervised.get("/x") == "v3 /x", DEADLINE, "a save after the restart")
+        # Diffed against the files the restarted program loaded: `extra` is not new any more.
+        line = "watch: greeting.py: changed greeting:greet, greeting:__gdsu_validate__ -> committed"
+        wait_for(lambda: line in supervised.output(), DEADLINE, "the line of the last save")
+    finally:
+        supervised.close()
+        print(f"--- output ---\n{supervised.output()}")
