@@ -1,13 +1,15 @@
 """Live programming: every save of a watched source file becomes an update of the running program.
 
 The watcher keeps the last applied version of each file. A save is read only once the editor has
-finished it: on Linux, when the file is closed after writing (IN_CLOSE_WRITE) or renamed into place
-(write-temp-then-rename saves), so a half-written file is never read and no long debounce is needed;
-elsewhere, after a short quiet period. Saves that arrive together (an editor's "save all") are
-gathered into one patch. A file that does not compile yet is waited on. Each batch becomes a patch
-from the last applied version to the saved one (`diff.diff_sources`), handed to the `apply` callable
-(the supervisor's normal pipeline: rehearsal, safe point, commit). A failed update leaves the last
-applied version in place, so the next save is diffed against the last good version.
+finished it: on Linux when the file is closed after writing (IN_CLOSE_WRITE) or renamed into place
+(write-temp-then-rename saves), and then under a read lease, which the kernel grants only while no
+process has the file open for writing; so a half-written file is never read, and no long
+debounce is needed. Elsewhere a save is taken after a short quiet period. Saves that arrive
+together (an editor's "save all") are gathered into one patch. A file that does not compile yet is
+waited on. Each batch becomes a patch from the last applied version to the saved one
+(`diff.diff_sources`), handed to the `apply` callable (in the supervisor: the normal pipeline of
+rehearsal, safe point, commit). A failed update leaves the last applied version in place, so the
+next save is diffed against the last good version.
 """
 
 from __future__ import annotations
@@ -90,8 +92,7 @@ class SaveResult:
         """One line per save, followed by the full reason the first time that reason is seen."""
         head = f"watch: {', '.join(self.files)}: "
         if self.report is None:
-            text = head + (self.summary or "") + (self.error or "")
-            return text
+            return head + " -> ".join(part for part in (self.summary, self.error) if part)
         pause = self.report.timings.get("pause", 0.0)
         text = f"{head}{self.summary} -> {self.report.outcome}, pause {pause:.1f} ms"
         if self.report.committed:

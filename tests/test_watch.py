@@ -298,3 +298,23 @@ def test_without_leases_the_event_barrier_still_applies_saves(tree, monkeypatch)
         save_in_place(tree / "pkg" / "mod.py", "def f():\n    return 12\n")
         assert next_result(results).committed
     assert recorder.patches == [{"pkg.mod": "def f():\n    return 12\n"}]
+
+
+def test_an_apply_that_raises_is_reported_and_watching_goes_on(tree):
+    calls: list[Path] = []
+
+    def unreachable(patch_path: Path) -> Report:
+        calls.append(patch_path)
+        if len(calls) == 1:
+            raise ConnectionError("no supervisor answers")
+        return Report(outcome=Outcome.COMMITTED)
+
+    results: queue.Queue[SaveResult] = queue.Queue()
+    with Watcher([tree], unreachable, on_result=results.put) as watcher:
+        save_in_place(tree / "pkg" / "mod.py", "def f():\n    return 13\n")
+        assert next_result(results).line() == (
+            "watch: pkg/mod.py: changed pkg.mod:f -> not applied: no supervisor answers"
+        )
+        save_in_place(tree / "pkg" / "other.py", "X = 13\n")
+        assert next_result(results).committed
+        assert watcher.applied_source(tree / "pkg" / "mod.py") == "def f():\n    return 13\n"
