@@ -1,27 +1,28 @@
-"""Update gdsu-fork itself: every later update's report line says the engine was updated live.
+"""Update gdsu-fork itself: every later update's report carries a mark of the new engine code.
 
-`Report.summary` runs inside the program, in the agent, at the end of each update; its line is the
-last progress event `gdsu-fork update` prints. After this patch the line starts with
-"[self-updated engine]", which shows that the update after a self-update ran the new code.
+`Report.to_dict` runs inside the program, in the agent, when it sends each update's report to
+`gdsu-fork update`. After this patch the report's title ends with "[self-updated engine]", which
+shows that the updates after a self-update ran the new code.
 """
 
 from gdsu_fork import Patch
 
-patch = Patch("gdsu-fork: mark report lines as coming from the self-updated engine")
+patch = Patch("gdsu-fork: mark reports as sent by the self-updated engine")
 
 patch.define(
-    "gdsu_fork.report:Report.summary",
+    "gdsu_fork.report:Report.to_dict",
     '''
-def summary(self) -> str:
-    """One line for people, marked: outcome, counts, pause."""
-    timings = self.timings
-    line = (
-        f"[self-updated engine] {self.outcome}: {len(self.changes)} change(s), "
-        f"{self.migrated} instance(s) migrated, pause {timings.get('pause', 0.0):.1f} ms, "
-        f"total {timings.get('total', 0.0):.1f} ms"
-    )
-    if self.reason:
-        line += f"\\nreason: {self.reason}"
-    return line
+def to_dict(self) -> dict[str, Any]:
+    """A JSON-ready dict with plain strings for the enums; the title marked."""
+    return {
+        "title": f"{self.title} [self-updated engine]",
+        "outcome": str(self.outcome),
+        "reason": self.reason,
+        "changes": [{"name": c.name, "kind": str(c.kind)} for c in self.changes],
+        "migrated": self.migrated,
+        "delta_bytes": self.delta_bytes,
+        "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        "blockers": list(self.blockers),
+    }
 ''',
 )
