@@ -166,3 +166,20 @@ def test_git_errors_name_the_problem_and_the_fix(repo):
         diff_git("HEAD", repo=repo)
     with pytest.raises(PatchError, match=r"git .* failed: .*nosuchrev"):
         diff_git("nosuchrev..HEAD", repo=repo)
+
+
+def test_git_three_dot_range_diffs_from_the_merge_base(repo):
+    git(repo, "checkout", "-q", "-b", "feature", "HEAD~1")
+    write_tree(repo, {"shop/promo.py": "def code():\n    return 'X'\n"})
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "promo")
+    generated = diff_git("main...feature", repo=repo)
+    assert [m.name for m in generated.modules] == ["shop.promo"]
+
+
+def test_sources_with_a_coding_cookie_are_decoded_as_python_would(tmp_path):
+    old = write_tree(tmp_path / "o", {"m.py": "X = 1\n"})
+    (tmp_path / "n").mkdir()
+    (tmp_path / "n" / "m.py").write_bytes(b"# -*- coding: latin-1 -*-\nX = '\xe9'\n")
+    (module,) = diff_paths(old, tmp_path / "n").modules
+    assert module.new_source == "# -*- coding: latin-1 -*-\nX = 'é'\n"
