@@ -81,7 +81,7 @@ def test_v1_v2_round_trip_keeps_every_message(server: cb.ServerProcess) -> None:
     with Connection.to(server.url) as conn, reference_chat() as ref:
         before = visible(conn)
         assert before == visible(ref)
-        update(server, "v1_to_v2.py")
+        assert update(server, "v1_to_v2.py")["migrated"] == SEEDED + 20
         assert visible(conn) == before
         counted = stats(conn)
         assert counted["classes"] == {"ChUserMessage": SEEDED, "ChInfoMessage": 20}
@@ -109,7 +109,7 @@ def test_core_queue_patch_and_revert(server: cb.ServerProcess) -> None:
     with Connection.to(server.url) as conn:
         pending = {u: conn.get(f"/user/{u}").json()["pendingMessages"] for u in USERS}
         assert stats(conn)["high_water"] == dict.fromkeys(USERS)
-        update(server, "core_queue.py")
+        assert update(server, "core_queue.py")["migrated"] == len(USERS)
         assert stats(conn)["high_water"] == pending  # live queues start at their length
         conn.post("/user/user1/pendingMessages")
         conn.post("/room/room1/user2", "new")  # room1: user1 and user10
