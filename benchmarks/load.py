@@ -155,6 +155,8 @@ def run(args: LoadConfig) -> dict[str, Any]:
         "load_s": round(elapsed, 3),
         "errors": sum(r["errors"] for r in rows),
         "live_messages_at_update": live.get("messages"),
+        "migrated": update.get("report", {}).get("migrated"),
+        "pause_ms": update.get("report", {}).get("timings", {}).get("pause"),
         "update_max_ms": max((r["max_ms"] for r in in_window), default=None),
         "outside_mean_ms": round(
             sum(r["mean_ms"] * r["requests"] for r in outside)
