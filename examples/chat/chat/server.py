@@ -71,11 +71,10 @@ def _post(chat: Chat, req: Request) -> Reply:
 def _stats(chat: Chat, req: Request) -> Reply:
     """For benchmarks and tests of live updates: what the REST routes cannot show.
 
-    With `?detail=0` only the message count, cheap enough to ask under load; with `?class=NAME`
-    the texts of (up to 20) messages of that class, to find the ones an update missed.
-
     How many messages of each class, of each class how many have no sender, and each user's
-    queue's `high_water` attribute (None unless the core_queue patch gave queues one).
+    queue's `high_water` attribute (None unless the core_queue patch gave queues one). With
+    `?detail=0` only the message count, cheap enough to ask under load; with `?class=NAME` the
+    texts of (up to 20) messages of that class, to find the ones an update missed.
     """
     if req.params.get("detail") == "0":  # cheap: no walk over the messages, no lock held long
         return 200, {"messages": sum(len(room.history) for room in list(chat.rooms.values()))}
