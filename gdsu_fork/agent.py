@@ -8,6 +8,7 @@ updates it is blocked in a poll, the only trace of gdsu-fork in the program (DES
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import ctypes
 import json
@@ -66,7 +67,7 @@ class Agent:
         self._stop_endpoint = f"inproc://gdsu-agent-stop-{id(self)}"
         self._stopper = self._context.socket(zmq.PAIR)
         self._stopper.bind(self._stop_endpoint)
-        self._patch_root = Path(tempfile.mkdtemp(prefix="gdsu-patches-"))
+        self._patch_root: Path | None = None  # made at the first update
         self.thread = threading.Thread(target=self._serve, name="gdsu-agent", daemon=True)
 
     def start(self) -> Agent:
@@ -79,7 +80,20 @@ class Agent:
         self._stopper.send(b"stop")
         self.thread.join(timeout)
         self._stopper.close(linger=0)
-        shutil.rmtree(self._patch_root, ignore_errors=True)
+        self._remove_patches(os.getpid())
+
+    def _remove_patches(self, owner: int) -> None:
+        # A child the program forks may run atexit handlers too; only the agent's process owns
+        # the unpacked patches.
+        if self._patch_root is not None and os.getpid() == owner:
+            shutil.rmtree(self._patch_root, ignore_errors=True)
+
+    def _unpack(self, bundle: protocol.Bundle) -> Path:
+        """Unpack `bundle` privately; kept while the process lives, for tracebacks to read."""
+        if self._patch_root is None:
+            self._patch_root = Path(tempfile.mkdtemp(prefix="gdsu-patches-"))
+            atexit.register(self._remove_patches, os.getpid())
+        return unpack_bundle(bundle, tempfile.mkdtemp(prefix="patch-", dir=self._patch_root))
 
     def _serve(self) -> None:
         sock = self._context.socket(zmq.DEALER)
@@ -133,6 +147,8 @@ class Agent:
             self._send(protocol.Error(other.id, protocol.ErrorCode.BUSY, msg))
 
     def _run_update(self, request: protocol.Update) -> protocol.Message:
+        # The engine calls back in the thread that called update(), this one, so the socket
+        # stays single-threaded, as ZeroMQ requires.
         def on_progress(event: Progress) -> None:
             data = _jsonable(dict(event.data))
             self._send(protocol.ProgressEvent(request.id, str(event.phase), event.message, data))
@@ -144,8 +160,7 @@ class Agent:
             for name in request.bundle.modules
         }
         try:
-            directory = tempfile.mkdtemp(prefix="patch-", dir=self._patch_root)
-            entry = unpack_bundle(request.bundle, directory)
+            entry = self._unpack(request.bundle)
             report = self._update(
                 entry,
                 timeout=request.timeout,

@@ -77,7 +77,10 @@ class Hammer:
             assert not thread.is_alive()
 
 
-def test_update_under_load_loses_no_request(start) -> None:
+def test_update_under_load_loses_no_request(start, tmp_path: Path, monkeypatch) -> None:
+    app_tmp = tmp_path / "app-tmp"
+    app_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(app_tmp))
     app = start()
     hammer = Hammer(app.port)
     try:
@@ -101,6 +104,9 @@ def test_update_under_load_loses_no_request(start) -> None:
     (update,) = [r for r in _journal(app) if r["event"] == "update"]
     assert update["outcome"] == "committed" and update["patch"] == "patch_v2.py"
     assert update["modules"][0]["file"] == str(GREETER / "greeting.py")
+    (unpacked,) = app_tmp.glob("gdsu-patches-*/patch-*/patch_v2.py")
+    app.close()
+    assert not unpacked.exists()  # the app removed its unpacked patches when it exited
 
 
 def test_update_migrating_live_instances_under_load(start) -> None:
