@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import io
 import os
 import re
 import subprocess
 import tokenize
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 from .errors import PatchError
@@ -79,15 +80,42 @@ class ClassInfo:
         return (sorted(self.fields), self.slots, self.bases, self.kind)
 
 
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """Part of a module version: its source text (cheap to compare) and its syntax tree."""
+
+    text: str
+    node: ast.AST
+
+    def same_as(self, other: Piece) -> bool:
+        """Equal text, or equal trees: a definition that only moved or was reformatted is the
+        same. The text test settles the common case (untouched code) without dumping trees."""
+        return self.text == other.text or _dump(self.node) == _dump(other.node)
+
+
 @dataclasses.dataclass
 class ModuleInfo:
-    """Every definition of one module version: dumps to compare, and class layouts."""
+    """Every definition of one module version, to compare; classes are analysed on demand."""
 
-    functions: dict[str, str]
-    classes: dict[str, ClassInfo]
-    class_bodies: dict[str, str]
-    globals: dict[str, str]
-    declared_validation: str | None
+    functions: dict[str, Piece]
+    classes: dict[str, ast.ClassDef]
+    class_bodies: dict[str, Piece]
+    globals: dict[str, Piece]
+    declared_validation: Piece | None
+    lines: list[str]
+
+    layouts: dict[str, ClassInfo] = dataclasses.field(default_factory=dict)
+
+    def class_info(self, qualname: str) -> ClassInfo:
+        """The layout of a class, analysed once per module version (the costly part)."""
+        if qualname not in self.layouts:
+            self.layouts[qualname] = _class_info(self.classes[qualname], qualname)
+        return self.layouts[qualname]
+
+    def class_text(self, qualname: str) -> str:
+        """The source of a class as written, decorators included."""
+        node = self.classes[qualname]
+        return "".join(self.lines[_first_line(node) - 1 : node.end_lineno])
 
 
 def _dump(node: ast.AST) -> str:
@@ -189,6 +217,21 @@ def _role(node: ast.AST, parent: ast.AST | None) -> str:
     return type(parent).__name__
 
 
+def _self_attributes(
+    fn: ast.FunctionDef | ast.AsyncFunctionDef, self_name: str
+) -> Iterator[tuple[ast.Attribute, ast.AST, ast.AST | None]]:
+    """Every `self.<name>` in a method, in source order, with its parent and grandparent nodes."""
+    found = []
+    stack: list[tuple[ast.AST, ast.AST | None, ast.AST | None]] = [(fn, None, None)]
+    while stack:
+        node, parent, grandparent = stack.pop()
+        if parent is not None and isinstance(node, ast.Attribute) and _self_attr(node, self_name):
+            found.append((node, parent, grandparent))
+        stack.extend((child, node, parent) for child in ast.iter_child_nodes(node))
+    found.sort(key=lambda item: (item[0].lineno, item[0].col_offset))
+    return iter(found)
+
+
 def _self_attr(node: ast.AST, self_name: str) -> str | None:
     if (
         isinstance(node, ast.Attribute)
@@ -230,21 +273,17 @@ def _class_info(node: ast.ClassDef, qualname: str) -> ClassInfo:
             continue
         init_defaults = _init_defaults(stmt) if stmt.name == "__init__" else {}
         params = [a.arg for a in stmt.args.posonlyargs + stmt.args.args + stmt.args.kwonlyargs]
-        parents = {c: p for p in ast.walk(stmt) for c in ast.iter_child_nodes(p)}
-        for sub in ast.walk(stmt):
-            name = _self_attr(sub, self_name)
-            if name is None:
-                continue
-            parent: ast.AST = parents[sub]
+        for sub, parent, grandparent in _self_attributes(stmt, self_name):
+            name = sub.attr
             # A use is where the field sits (two levels up), so `math.hypot(self.x, ...)` and
             # `math.hypot(self.a, ...)` match whatever else the statement holds.
-            feature = f"{stmt.name}:{_role(sub, parent)}<{_role(parent, parents.get(parent))}"
+            feature = f"{stmt.name}:{_role(sub, parent)}<{_role(parent, grandparent)}"
             value = parent.value if isinstance(parent, ast.Assign) else None
             assigned = isinstance(parent, ast.Assign) and parent.targets == [sub]
             if assigned and isinstance(value, ast.Name) and value.id in params:
                 feature += f":param{params.index(value.id)}"
             uses.setdefault(name, Counter())[feature] += 1
-            if isinstance(sub.ctx, ast.Store) and name not in fields:  # type: ignore[attr-defined]
+            if isinstance(sub.ctx, ast.Store) and name not in fields:
                 fields[name] = None
             if stmt.name == "__init__" and assigned and value and fields.get(name) is None:
                 if isinstance(value, ast.Name) and value.id in init_defaults:
@@ -277,34 +316,52 @@ def _slot_names(value: ast.expr) -> tuple[str, ...] | None:
     return tuple(slots) if isinstance(slots, list | tuple) else None
 
 
+@functools.lru_cache(maxsize=16)
 def module_info(source: str, filename: str = "<source>") -> ModuleInfo:
-    """Analyse one module version (raises SyntaxError when it does not compile)."""
+    """Split one module version into definitions (raises SyntaxError when it does not compile).
+
+    Cached: in watch mode each save's new version is the next save's old one. Read-only.
+    """
     tree = ast.parse(source, filename)
+    lines = source.splitlines(keepends=True)
     info = ModuleInfo(
-        functions={}, classes={}, class_bodies={}, globals={}, declared_validation=None
+        functions={}, classes={}, class_bodies={}, globals={}, declared_validation=None, lines=lines
     )
+
+    def piece(nodes: list[ast.stmt]) -> Piece:
+        text = "".join("".join(lines[_first_line(n) - 1 : n.end_lineno]) for n in nodes)
+        return Piece(text, ast.Module(body=nodes, type_ignores=[]))
+
+    assignments: dict[str, list[ast.stmt]] = {}
 
     def visit(body: list[ast.stmt], prefix: str) -> None:
         for stmt in body:
             if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
-                info.functions[prefix + stmt.name] = _dump(stmt)
+                info.functions[prefix + stmt.name] = piece([stmt])
                 if not prefix and stmt.name == VALIDATE_FUNC:
-                    info.declared_validation = _dump(stmt)
+                    info.declared_validation = info.functions[stmt.name]
             elif isinstance(stmt, ast.ClassDef):
                 qualname = prefix + stmt.name
-                info.classes[qualname] = _class_info(stmt, qualname)
-                rest = [s for s in stmt.body if not isinstance(s, _DEFS)]
-                info.class_bodies[qualname] = _dump(ast.Module(body=rest, type_ignores=[]))
+                info.classes[qualname] = stmt
+                info.class_bodies[qualname] = piece(
+                    [s for s in stmt.body if not isinstance(s, _DEFS)]
+                )
                 visit(stmt.body, qualname + ".")
             elif not prefix and isinstance(stmt, ast.Assign | ast.AnnAssign | ast.AugAssign):
                 targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
                 for target in targets:
                     for sub in ast.walk(target):
                         if isinstance(sub, ast.Name):
-                            info.globals[sub.id] = info.globals.get(sub.id, "") + _dump(stmt)
+                            assignments.setdefault(sub.id, []).append(stmt)
 
     visit(tree.body, "")
+    info.globals = {name: piece(stmts) for name, stmts in assignments.items()}
     return info
+
+
+def _first_line(node: ast.stmt) -> int:
+    decorators = getattr(node, "decorator_list", [])
+    return min([d.lineno for d in decorators] + [node.lineno])
 
 
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
@@ -441,13 +498,13 @@ class ModuleDiff:
         return lines
 
 
-def _compare(module: str, old: Mapping[str, str], new: Mapping[str, str]) -> list[Change]:
-    """Definitions changed, added and removed, given their AST dumps by qualname."""
+def _compare(module: str, old: Mapping[str, Piece], new: Mapping[str, Piece]) -> list[Change]:
+    """Definitions changed, added and removed, by qualname."""
     return [
         *(
             Change(f"{module}:{q}", ChangeKind.CHANGED)
             for q in new
-            if q in old and old[q] != new[q]
+            if q in old and not old[q].same_as(new[q])
         ),
         *(Change(f"{module}:{q}", ChangeKind.ADDED) for q in new if q not in old),
         *(Change(f"{module}:{q}", ChangeKind.REMOVED) for q in old if q not in new),
@@ -460,8 +517,11 @@ def diff_module(name: str, path: str, old_source: str | None, new_source: str | 
     new = module_info(new_source, path) if new_source is not None else _EMPTY
     changes = _compare(name, old.functions, new.functions)
     changes += _compare(name, old.class_bodies, new.class_bodies)
-    both_classes = [q for q in new.classes if q in old.classes]
-    classes = [_class_diff(old.classes[q], new.classes[q]) for q in both_classes]
+    # Layouts are analysed only for classes whose source changed: the costly part of a diff.
+    touched = [
+        q for q in new.classes if q in old.classes and old.class_text(q) != new.class_text(q)
+    ]
+    classes = [_class_diff(old.class_info(q), new.class_info(q)) for q in touched]
     classes = [c for c in classes if c.notes or c.declaration_changed]
     return ModuleDiff(
         name=name,
@@ -472,16 +532,20 @@ def diff_module(name: str, path: str, old_source: str | None, new_source: str | 
         classes=classes,
         removed_classes=[q for q in old.classes if q not in new.classes],
         globals_changed=sorted(
-            g
-            for g in new.globals.keys() | old.globals.keys()
-            if old.globals.get(g) != new.globals.get(g)
+            c.name.split(":", 1)[1] for c in _compare(name, old.globals, new.globals)
         ),
         validation_declared=new.declared_validation is not None,
-        validation_changed=new.declared_validation not in (None, old.declared_validation),
+        validation_changed=new.declared_validation is not None
+        and (
+            old.declared_validation is None
+            or not old.declared_validation.same_as(new.declared_validation)
+        ),
     )
 
 
-_EMPTY = ModuleInfo(functions={}, classes={}, class_bodies={}, globals={}, declared_validation=None)
+_EMPTY = ModuleInfo(
+    functions={}, classes={}, class_bodies={}, globals={}, declared_validation=None, lines=[]
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -692,12 +756,10 @@ def diff_sources(
         path = paths.get(name, name)
         try:
             modules.append(diff_module(name, path, old, new))
-        except SyntaxError as exc:
+        except (SyntaxError, ValueError) as exc:  # ValueError: a NUL byte, on 3.11
             side = "new" if new is not None and _compiles(old) else "old"
-            msg = (
-                f"{path}: the {side} version does not compile (line {exc.lineno}: {exc.msg}); "
-                "fix it before generating a patch"
-            )
+            where = f"line {exc.lineno}: {exc.msg}" if isinstance(exc, SyntaxError) else exc
+            msg = f"{path}: the {side} version does not compile ({where}); fix it first"
             raise PatchError(msg) from exc
     return GeneratedPatch(title=title, modules=modules)
 
@@ -706,8 +768,8 @@ def _compiles(source: str | None) -> bool:
     if source is None:
         return True
     try:
-        ast.parse(source)
-    except SyntaxError:
+        module_info(source)
+    except (SyntaxError, ValueError):
         return False
     return True
 

@@ -380,21 +380,17 @@ class Watcher:
         if not changed:
             summary = "new file, recorded as loaded from disk" if fresh else "no change"
             return SaveResult(files, summary=summary)
-        for path, source in changed.items():
-            try:
-                compile(source, str(path), "exec", dont_inherit=True)
-            except SyntaxError as exc:
-                problem = f"line {exc.lineno}: {exc.msg}"
-            except ValueError as exc:  # e.g. a NUL byte in the file
-                problem = str(exc)
-            else:
-                continue
-            name = self._relative(path)
-            msg = f"{name} does not compile yet ({problem}); waiting for the next save"
-            return SaveResult(files, error=msg, waiting=True)
         try:
             generated = self._generate(changed)
         except GdsuError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, SyntaxError | ValueError):
+                where = (
+                    f"line {cause.lineno}: {cause.msg}" if isinstance(cause, SyntaxError) else cause
+                )
+                name = cause.filename if isinstance(cause, SyntaxError) else "a file"
+                msg = f"{name} does not compile yet ({where}); waiting for the next save"
+                return SaveResult(files, error=msg, waiting=True)
             return SaveResult(files, error=str(exc))
         self._count += 1
         patch_path = generated.write(self.patch_dir / f"save-{self._count:04d}.py")

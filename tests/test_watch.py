@@ -318,3 +318,11 @@ def test_an_apply_that_raises_is_reported_and_watching_goes_on(tree):
         save_in_place(tree / "pkg" / "other.py", "X = 13\n")
         assert next_result(results).committed
         assert watcher.applied_source(tree / "pkg" / "mod.py") == "def f():\n    return 13\n"
+
+
+def test_a_file_with_a_nul_byte_is_waited_on(tree, watched):
+    _, recorder, results = watched
+    save_in_place(tree / "pkg" / "mod.py", "def f():\n    return 1\x00\n")
+    waiting = next_result(results)
+    assert waiting.waiting and "does not compile yet" in waiting.line()
+    assert recorder.patches == []
