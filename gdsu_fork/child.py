@@ -29,6 +29,7 @@ from .merge import Merge
 from .migrate import Migration, qualified
 from .patch import Patch, load_patch
 from .report import ChangeKind
+from .rewrite import Rewrites
 from .sources import CURRENT_SOURCES, current_source, linecache_entry, source_filename, splice
 from .validations import (
     APP_VALIDATIONS,
@@ -53,6 +54,8 @@ class Job:
     patch: Patch | str
     # objects the parent found while the program ran: closures and instances the update needs
     prior_objects: list[Any] = dataclasses.field(default_factory=list)
+    # the stacks of the program's other threads at the pause (for references held in locals)
+    frames: list[types.FrameType] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -116,10 +119,13 @@ class NewEnvironment:
                 raise PatchError(msg)
         self._migrate_globals()
         self._update_closures(functions)
+        self.refuse_if_needed()
+
+    def refuse_if_needed(self) -> None:
+        """Raise if anything found so far makes the update unsafe."""
         if self.merge.refusals:
-            raise UpdateRefused(
-                "the update cannot keep identities:\n" + "\n".join(self.merge.refusals)
-            )
+            reasons = "\n".join(self.merge.refusals)
+            raise UpdateRefused(f"the update cannot keep identities:\n{reasons}")
 
     def _new_source(self, name: str, old_source: str | None) -> str:
         definitions_ = [d for d in self.patch.definitions if d.target.module == name]
@@ -271,15 +277,22 @@ def run(job: Job, mode: Mode) -> bytes:
     patch = job.patch if isinstance(job.patch, Patch) else load_patch(job.patch)
     environment = NewEnvironment(patch)
     environment.build([o for o in objects if type(o) is types.FunctionType])
-    migration = Migration(patch, environment.merge, environment.env(), environment.snapshots)
+    rewrites = Rewrites(environment.merge)
+    migration = Migration(
+        patch, environment.merge, environment.env(), environment.snapshots, rewrites
+    )
     analysis = environment.analysis()
     analysis.affected = sorted(qualified(c) for c in migration.affected_classes())
     if mode is Mode.ANALYSE:
         return pack(analysis)
     migration.migrate(objects)
     analysis.migrated = migration.count
+    created = frozenset(delta_codec.young_object_ids()) if rewrites.pairs else frozenset()
+    # `objects` was made before the freeze, so it looks old: never rewrite inside it
+    rewrites.plan(set(created) | {id(objects)}, job.frames)
+    environment.refuse_if_needed()
     delta = Delta(environment.new_modules, environment.merge.ops)
-    data = delta_codec.encode(delta, replacements=environment.merge.replacements)
+    data = delta_codec.encode(delta, replacements=environment.merge.replacements, created=created)
     environment.restore()
     decoded = delta_codec.decode(data)
     apply_ops(decoded.ops)

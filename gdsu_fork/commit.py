@@ -45,6 +45,14 @@ def _setcell(target: Any, _: Any, value: Any) -> None:
         target.cell_contents = value
 
 
+def _setadd(target: Any, _: Any, value: Any) -> None:
+    target.add(value)
+
+
+def _setdiscard(target: Any, _: Any, value: Any) -> None:
+    target.discard(value)
+
+
 def _current(op: Op) -> Any:
     """The value an operation is about to overwrite (or _MISSING), for undo."""
     kind, target, key = op.kind, op.target, op.key
@@ -54,6 +62,8 @@ def _current(op: Op) -> Any:
         return getattr(target, key, _MISSING)
     if kind in (OpKind.SETITEM, OpKind.DELITEM):
         return target.get(key, _MISSING) if hasattr(target, "get") else target[key]
+    if kind in (OpKind.SETADD, OpKind.SETDISCARD):
+        return op.value in target
     try:
         return target.cell_contents
     except ValueError:
@@ -66,6 +76,8 @@ _APPLY: dict[OpKind, Callable[[Any, Any, Any], None]] = {
     OpKind.SETITEM: _setitem,
     OpKind.DELITEM: _delitem,
     OpKind.SETCELL: _setcell,
+    OpKind.SETADD: _setadd,
+    OpKind.SETDISCARD: _setdiscard,
 }
 
 
@@ -84,6 +96,8 @@ def _restore(op: Op, previous: Any) -> None:
             target.pop(key, None)
         else:
             target[key] = previous
+    elif kind in (OpKind.SETADD, OpKind.SETDISCARD):
+        (target.add if previous else target.discard)(op.value)
     else:
         _setcell(target, None, previous)
 

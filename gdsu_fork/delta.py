@@ -27,6 +27,8 @@ class OpKind(enum.IntEnum):
     SETITEM = 3  # target[key] = value (module dicts, registries)
     DELITEM = 4
     SETCELL = 5  # target.cell_contents = value
+    SETADD = 6  # target.add(value)
+    SETDISCARD = 7  # target.discard(value)
 
 
 class Op(NamedTuple):
@@ -226,6 +228,10 @@ class _DeltaPickler(pickle.Pickler):
             return self._own_reduction(
                 (_make_module, (obj.__name__,), state, None, None, _fill_module)
             )
+        if kind is staticmethod or kind is classmethod:
+            return (kind, (obj.__func__,))
+        if kind is property:
+            return (property, (obj.fget, obj.fset, obj.fdel, obj.__doc__))
         if isinstance(obj, type):
             if not self._is_new(id(obj)):
                 return NotImplemented  # a builtin type: pickled by name
@@ -250,15 +256,18 @@ class _Old:
         self.obj = obj
 
 
-def encode(delta: Delta, *, replacements: dict[int, Any]) -> bytes:
+def encode(
+    delta: Delta, *, replacements: dict[int, Any], created: frozenset[int] = frozenset()
+) -> bytes:
     """Serialize a delta built in the child, after `gc.freeze()` marked what existed at the fork.
 
     `replacements` maps the id of a new object to the old object it becomes (a class or function
     that keeps its identity): references to the new one travel as references to the old one.
+    `created`: ids of objects the child made before it froze its heap a second time.
     """
     payload = (delta.new_modules, [(k, _Old(t), key, v) for k, t, key, v in delta.ops])
     new_module_dicts = {id(m.__dict__): m.__name__ for m in delta.new_modules}
-    new_ids = young_object_ids()  # after building `payload`, so its lists count as new
+    new_ids = young_object_ids() | created  # after building `payload`: its lists count as new
     buffer = io.BytesIO()
     _DeltaPickler(buffer, new_ids, replacements, new_module_dicts).dump(payload)
     return buffer.getvalue()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import sys
 import threading
 import time
 import types
@@ -166,7 +167,10 @@ class _Update:
             return self.finish(Outcome.ABORTED, str(exc))
 
     def commit_in_pause(self, pause_started: float) -> Report:
+        me = threading.get_ident()
+        self.job.frames = [f for ident, f in sys._current_frames().items() if ident != me]
         result = self.fork(Mode.COMMIT)
+        self.job.frames = []
         self.report.timings["child"] = _ms(result.seconds)
         if not result.ok:
             self.report.timings["pause"] = _ms(time.perf_counter() - pause_started)

@@ -73,6 +73,7 @@ class ClassPair:
     old_fields: frozenset[str] | None
     new_fields: frozenset[str] | None
     bases_changed: bool
+    layout_changed: bool = False  # the new class object replaces the old one
 
     @property
     def fields_changed(self) -> bool:
@@ -323,20 +324,27 @@ class Merge:
         old_body: list[ast.stmt] | None,
         new_body: list[ast.stmt] | None,
     ) -> bool:
-        """Move the new class's members into the old class object, which keeps its identity."""
+        """Move the new class's members into the old class object, which keeps its identity.
+
+        Returns False when the class's layout changed: then the new class object replaces the
+        old one, and its instances become new objects (see rewrite.py).
+        """
+        module = old.__module__
+        old_fields = class_fields(old_body) if old_body is not None else None
+        new_fields = class_fields(new_body) if new_body is not None else None
+        if _layout_changed(old, new, old_fields, new_fields):
+            if (id(old), id(new)) not in self._merged:
+                self._merged.add((id(old), id(new)))
+                self.keep.append(new)
+                self.classes.append(ClassPair(old, new, path, old_fields, new_fields, True, True))
+                self.change(module, qualname, ChangeKind.CHANGED)
+            return False
         if not self._pair(old, new):
             return True
-        module = old.__module__
         if type(old) is not self.replacements.get(id(type(new)), type(new)):
             self.refusals.append(
                 f"{module}:{qualname}: its metaclass changed from {type(old).__name__} to "
                 f"{type(new).__name__}; a live class cannot change its metaclass."
-            )
-            return True
-        if _slots(old) != _slots(new):
-            self.refusals.append(
-                f"{module}:{qualname}: its __slots__ changed from {_slots(old)} to {_slots(new)}; "
-                f"instances with the old layout need a migration to a new class object."
             )
             return True
         bases = tuple(self.replacements.get(id(b), b) for b in new.__bases__)
@@ -344,8 +352,6 @@ class Merge:
         if bases_changed:
             self.op(OpKind.SETATTR, old, "__bases__", new.__bases__)
             self.change(module, qualname, ChangeKind.CHANGED)
-        old_fields = class_fields(old_body) if old_body is not None else None
-        new_fields = class_fields(new_body) if new_body is not None else None
         pair = ClassPair(old, new, path, old_fields, new_fields, bases_changed)
         self.classes.append(pair)
         if pair.fields_changed:
@@ -390,6 +396,17 @@ class Merge:
                 if isinstance(fn, types.FunctionType):
                     self.blocking.append((path[0], (*path[1], ("a", key))))
         return True
+
+
+def _layout_changed(
+    old: type, new: type, old_fields: frozenset[str] | None, new_fields: frozenset[str] | None
+) -> bool:
+    """True when instances of `old` cannot take on `new` in place (`__class__` assignment)."""
+    if _slots(old) != _slots(new):
+        return True
+    if issubclass(old, tuple) and old_fields != new_fields:
+        return True  # a NamedTuple's length is fixed at creation
+    return old.__basicsize__ != new.__basicsize__ or old.__itemsize__ != new.__itemsize__
 
 
 def _wrapped(obj: Any) -> Any:

@@ -20,10 +20,15 @@ from .errors import UpdateRefused
 from .merge import Merge
 from .patch import Patch
 from .policies import ByName, set_field, state_of
+from .rewrite import Rewrites
 
 
 def qualified(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
+
+
+class _Draft:
+    """Collects the fields of a tuple-based instance (a NamedTuple), built once they are known."""
 
 
 def _blank(cls: type) -> Any:
@@ -45,7 +50,9 @@ def _copy_member(value: Any) -> Any:
     if isinstance(value, staticmethod | classmethod):
         return type(value)(_copy_member(value.__func__))
     if isinstance(value, property):
-        return property(*(_copy_member(f) for f in (value.fget, value.fset, value.fdel)), value.__doc__)
+        return property(
+            *(_copy_member(f) for f in (value.fget, value.fset, value.fdel)), value.__doc__
+        )
     return value
 
 
@@ -82,7 +89,10 @@ class OldVersions:
 
     def snapshot(self, obj: Any) -> Any:
         """A detached copy of `obj` with its current state and its class's current code."""
-        copy = _blank(self.of(type(obj)))
+        cls = self.of(type(obj))
+        if isinstance(obj, tuple):
+            return tuple.__new__(cls, obj)  # its fields are its items
+        copy = _blank(cls)
         for name, value in state_of(obj).items():
             set_field(copy, name, value)
         return copy
@@ -91,10 +101,19 @@ class OldVersions:
 class Migration:
     """Finds the affected instances among `objects` and records how each one changes."""
 
-    def __init__(self, patch: Patch, merge: Merge, env: Env, module_names: Iterable[str]) -> None:
+    def __init__(
+        self,
+        patch: Patch,
+        merge: Merge,
+        env: Env,
+        module_names: Iterable[str],
+        rewrites: Rewrites,
+    ) -> None:
         self.patch = patch
         self.merge = merge
         self.env = env
+        self.rewrites = rewrites
+        self.relaid = {pair.old for pair in merge.classes if pair.layout_changed}
         self.new_of: dict[type, type] = {pair.old: pair.new for pair in merge.classes}
         self._old_fields = {pair.old: pair.old_fields or frozenset() for pair in merge.classes}
         self._new_fields = {pair.new: pair.new_fields or frozenset() for pair in merge.classes}
@@ -144,6 +163,10 @@ class Migration:
         affected = self.affected_classes()
         if not affected:
             return
+        self._check_relaid_subclasses(affected)
+        for pair in self.merge.classes:
+            if pair.layout_changed:
+                self.rewrites.become(pair.old, pair.new, strict=False)
         removed = {cls: name for name, cls in self.merge.removed_classes}
         by_name = ByName()
         pairs: dict[str, list[tuple[Any, Any]]] = {}
@@ -162,17 +185,18 @@ class Migration:
                 )
                 raise UpdateRefused(msg)
             snapshot = self.old_versions.snapshot(obj)
-            new = (
-                None
-                if old_cls in removed
-                else by_name(obj, _blank(self.new_of.get(old_cls, old_cls)), self.env)
-            )
+            target = self.new_of.get(old_cls, old_cls)
+            draft = _Draft() if issubclass(target, tuple) else _blank(target)
+            new = None if old_cls in removed else by_name(obj, draft, self.env)
             result = policy(obj, new, self.env) if policy is not None else new
+            if isinstance(result, _Draft):
+                result = target(**vars(result))
             self._check_result(obj, result, policy)
             self._record(obj, result)
+            migrated = result if old_cls in self.relaid else obj
             for base in old_cls.__mro__:
                 if base.__module__ in self.modules:
-                    pairs.setdefault(qualified(base), []).append((snapshot, obj))
+                    pairs.setdefault(qualified(base), []).append((snapshot, migrated))
             self.count += 1
         for name, found in pairs.items():
             self.env.record_pairs(name, found)
@@ -189,7 +213,19 @@ class Migration:
             )
             raise UpdateRefused(msg)
 
+    def _check_relaid_subclasses(self, affected: set[type]) -> None:
+        for cls in affected:
+            relaid_bases = [b for b in cls.__mro__[1:] if b in self.relaid]
+            if relaid_bases and cls not in self.relaid:
+                self.merge.refusals.append(
+                    f"{qualified(cls)} derives from {qualified(relaid_bases[0])}, whose layout "
+                    f"changes: give the new source of {cls.__module__} in the same patch"
+                )
+
     def _record(self, obj: Any, result: Any) -> None:
+        if type(obj) in self.relaid:
+            self.rewrites.become(obj, result)
+            return
         merge = self.merge
         if merge.replacements.get(id(type(result)), type(result)) is not type(obj):
             merge.op(OpKind.SETATTR, obj, "__class__", type(result))

@@ -18,8 +18,11 @@ _MISSING: Any = object()
 
 
 def state_of(obj: Any) -> dict[str, Any]:
-    """The instance attributes of `obj`, from its `__dict__` and its slots."""
+    """The instance attributes of `obj`: its `__dict__`, its slots, a named tuple's fields."""
     state = dict(getattr(obj, "__dict__", {}))
+    fields = getattr(type(obj), "_fields", None)
+    if isinstance(obj, tuple) and isinstance(fields, tuple):
+        state.update(zip(fields, obj, strict=False))
     for cls in type(obj).__mro__:
         slots = cls.__dict__.get("__slots__", ())
         for name in (slots,) if isinstance(slots, str) else slots:

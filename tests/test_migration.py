@@ -214,7 +214,7 @@ def test_frozen_dataclass_gaining_a_field_migrates_in_place(scenario):
     scn = scenario("mig_layout")
     frozen = scn.module.FrozenData(1)
     holder = [frozen]
-    source = '@dataclasses.dataclass(frozen=True)\nclass FrozenData:\n    a: int\n    b: int = 0\n'
+    source = "@dataclasses.dataclass(frozen=True)\nclass FrozenData:\n    a: int\n    b: int = 0\n"
     patch = gdsu_fork.Patch("frozen")
     patch.define(f"{scn.module_name}:FrozenData", source)
     patch.migrate(f"{scn.module_name}:FrozenData", gdsu_fork.policies.AddDefault("b", 5))
@@ -223,3 +223,78 @@ def test_frozen_dataclass_gaining_a_field_migrates_in_place(scenario):
     assert (frozen.a, frozen.b) == (1, 5) and frozen == scn.module.FrozenData(1, 5)
     with pytest.raises(AttributeError):
         frozen.a = 2  # still frozen
+
+
+LAYOUT_CASES = [
+    ("DictToSlots", "lambda m: m.DictToSlots(1)", {"a": 1}),
+    ("SlotAdded", "lambda m: m.SlotAdded(1)", {"a": 1, "b": 7}),
+    ("SlotsData", "lambda m: m.SlotsData(1)", {"a": 1, "b": 7}),
+    ("Pair", "lambda m: m.Pair(1)", {"a": 1, "b": 7}),
+]
+
+
+class Holder:
+    """An object holding a reference in an attribute."""
+
+    def __init__(self, item):
+        self.item = item
+
+
+@pytest.mark.parametrize(("name", "make", "expected"), LAYOUT_CASES)
+def test_layout_changes_lead_every_reference_to_the_migrated_object(scenario, name, make, expected):
+    from gdsu_fork.policies import state_of
+
+    scn = scenario("mig_layout")
+    mod = scn.module
+    item = eval(make)(mod)
+    old_class = type(item)
+    in_list, in_dict, keyed, in_set = [item], {"k": item}, {item: "v"}, {item}
+    holder = Holder(item)
+    closure = (lambda held: lambda: held)(item)
+    extra = ""
+    if "b" in expected:
+        extra = f"patch.migrate('{scn.module_name}:{name}', policies.AddDefault('b', 7))\n"
+    report = committed(gdsu_fork.update(scn.patch_file(extra=extra)))
+    new = in_list[0]
+    assert new is not item and type(new) is getattr(mod, name) is not old_class
+    assert in_dict["k"] is new and keyed[new] == "v" and in_set == {new}
+    assert holder.item is new and closure() is new
+    if name == "DictToSlots":
+        assert state_of(new) == {"a": 1}
+    else:
+        assert {k: getattr(new, k) for k in expected} == expected
+    assert report.migrated >= 1
+
+
+def test_layout_change_with_a_reference_in_a_tuple_is_refused(scenario):
+    scn = scenario("mig_layout")
+    item = scn.module.SlotAdded(1)
+    frozen = (item, "other")
+    report = gdsu_fork.update(scn.patch_file())
+    assert report.outcome == Outcome.DISCARDED
+    assert "but a tuple (" in report.reason and "SlotAdded" in report.reason
+    assert frozen[0] is item and type(item) is scn.module.SlotAdded and item.a == 1
+
+
+def test_layout_change_with_a_reference_in_a_running_threads_locals_is_refused(scenario):
+    import threading
+
+    scn = scenario("mig_layout")
+    ready, release = threading.Event(), threading.Event()
+
+    def worker(held=None):
+        local_item = scn.module.DictToSlots(1)
+        ready.set()
+        release.wait(30)
+        return local_item
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        assert ready.wait(10)
+        report = gdsu_fork.update(scn.patch_file())
+    finally:
+        release.set()
+        thread.join(10)
+    assert report.outcome == Outcome.DISCARDED
+    assert "local variable 'local_item'" in report.reason

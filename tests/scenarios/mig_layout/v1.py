@@ -16,7 +16,7 @@ class SlotAdded:
         self.a = a
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False)
 class SlotsData:
     a: int
 

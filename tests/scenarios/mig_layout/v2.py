@@ -19,7 +19,7 @@ class SlotAdded:
         self.b = b
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False)
 class SlotsData:
     a: int
     b: int = 0
