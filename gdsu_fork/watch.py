@@ -465,7 +465,7 @@ def _is_reload(notice: object) -> bool:
 
 
 def apply_through(
-    endpoint: str, *, curve_keys: str | None = None, timeout: float = 10.0
+    endpoint: str, *, curve_keys: str | None = None, timeout: float = 10.0, rehearse: bool = True
 ) -> ApplyFn:
     """An `apply` that sends each patch to a supervisor, as `gdsu-fork update --wait` would.
 
@@ -478,7 +478,7 @@ def apply_through(
 
     def apply(patch_path: Path) -> Report:
         bundle = bundle_patch(patch_path)
-        request = protocol.Update(new_id(), bundle, timeout=timeout, wait=True)
+        request = protocol.Update(new_id(), bundle, timeout=timeout, rehearse=rehearse, wait=True)
         with Client(endpoint, curve_keys=curve_keys) as client:
             reply = client.request(request, idle_timeout=4 * timeout + 90.0)
         if isinstance(reply, protocol.Error):
