@@ -26,13 +26,19 @@ def save(path: Path, text: str) -> None:
     os.replace(temp, path)
 
 
-@pytest.fixture
-def app(tmp_path: Path) -> Iterator[tuple[Supervised, Path]]:
+def copy_app(tmp_path: Path) -> Path:
+    """The test app's modules (not its patches) in a fresh source directory to edit."""
     source = tmp_path / "src"
     source.mkdir()
     for module in GREETER.glob("*.py"):
         if not module.name.startswith("patch"):
             shutil.copy(module, source / module.name)
+    return source
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[tuple[Supervised, Path]]:
+    source = copy_app(tmp_path)
     supervised = Supervised(tmp_path, "--watch", str(source), script=source / "server.py")
     try:
         yield supervised, source
@@ -76,11 +82,7 @@ def test_saves_apply_live_and_a_bad_save_keeps_the_last_good_version(app):
 
 
 def test_after_a_restart_saves_apply_on_top_of_the_files_on_disk(tmp_path):
-    source = tmp_path / "src"
-    source.mkdir()
-    for module in GREETER.glob("*.py"):
-        if not module.name.startswith("patch"):
-            shutil.copy(module, source / module.name)
+    source = copy_app(tmp_path)
     supervised = Supervised(
         tmp_path, "--watch", str(source), "--restart", "on-failure", script=source / "server.py"
     )
