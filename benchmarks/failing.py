@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--update-at", type=float, default=10.0)
     parser.add_argument("--messages", type=int, default=28_500)
+    parser.add_argument("--rate", type=float, default=0.0, help="cap on requests/s (0: none)")
     parser.add_argument(
         "--scenario", action="append", choices=[s.name for s in SCENARIOS], help="repeatable"
     )
@@ -111,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.update_at, args.messages = 6.0, 2.0, 2_000
-    base = LoadConfig(duration=args.duration, update_at=args.update_at, messages=args.messages)
+    base = LoadConfig(
+        duration=args.duration, update_at=args.update_at, messages=args.messages, rate=args.rate
+    )
     chosen = [s for s in SCENARIOS if not args.scenario or s.name in args.scenario]
     results = []
     for scenario in chosen:
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": args.duration,
             "update_at_s": args.update_at,
             "seeded_messages": args.messages,
+            "rate_cap": args.rate,
             "python": sys.version.split()[0],
         },
         "scenarios": results,
