@@ -7,12 +7,14 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import queue
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,16 +61,21 @@ def tree(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def watched(tree: Path) -> Iterator[tuple[Watcher, Recorder, queue.Queue[SaveResult]]]:
+@contextlib.contextmanager
+def watching(
+    tree: Path, apply: Callable[[Path], Report] | None = None, **options: Any
+) -> Iterator[tuple[Watcher, Recorder, queue.Queue[SaveResult]]]:
+    """A started watcher of `tree` whose results go to a queue; `apply` defaults to a Recorder."""
     results: queue.Queue[SaveResult] = queue.Queue()
     recorder = Recorder()
-    watcher = Watcher([tree], recorder, on_result=results.put)
-    watcher.start()
-    try:
+    with Watcher([tree], apply or recorder, on_result=results.put, **options) as watcher:
         yield watcher, recorder, results
-    finally:
-        watcher.stop()
+
+
+@pytest.fixture
+def watched(tree: Path) -> Iterator[tuple[Watcher, Recorder, queue.Queue[SaveResult]]]:
+    with watching(tree) as started:
+        yield started
 
 
 def next_result(results: queue.Queue[SaveResult]) -> SaveResult:
@@ -235,9 +242,7 @@ def test_hidden_cache_and_site_packages_files_are_not_the_program(tree):
     junk = (".hidden.py", ".venv/lib/x.py", "lib/site-packages/y.py", "pkg/__pycache__/z.py")
     for rel in junk:
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
-    results: queue.Queue[SaveResult] = queue.Queue()
-    recorder = Recorder()
-    with Watcher([tree], recorder, on_result=results.put):
+    with watching(tree) as (_, recorder, results):
         for rel in junk:
             save_in_place(tree / rel, "A = 1\n")
         save_in_place(tree / "pkg" / "mod.py", "def f():\n    return 9\n")
@@ -263,9 +268,7 @@ def test_after_a_restart_the_files_on_disk_are_the_applied_version(tree, watched
 def test_the_main_script_is_not_updated_live(tree):
     script = tree / "app.py"
     script.write_text("import pkg.mod\n\nif __name__ == '__main__':\n    print('start')\n")
-    results: queue.Queue[SaveResult] = queue.Queue()
-    recorder = Recorder()
-    with Watcher([tree], recorder, names={script: "__main__"}, on_result=results.put):
+    with watching(tree, names={script: "__main__"}) as (_, recorder, results):
         save_in_place(script, "import pkg.mod\n\nif __name__ == '__main__':\n    print('again')\n")
         refused = next_result(results)
         assert refused.line() == (
@@ -292,9 +295,7 @@ def test_a_file_open_for_writing_is_not_read(tmp_path):
 def test_without_leases_the_event_barrier_still_applies_saves(tree, monkeypatch):
     # Leases are missing on some filesystems and systems: force that branch.
     monkeypatch.setattr(watch_module, "_take_read_lease", lambda fd: False)
-    results: queue.Queue[SaveResult] = queue.Queue()
-    recorder = Recorder()
-    with Watcher([tree], recorder, on_result=results.put):
+    with watching(tree) as (_, recorder, results):
         save_in_place(tree / "pkg" / "mod.py", "def f():\n    return 12\n")
         assert next_result(results).committed
     assert recorder.patches == [{"pkg.mod": "def f():\n    return 12\n"}]
@@ -309,8 +310,7 @@ def test_an_apply_that_raises_is_reported_and_watching_goes_on(tree):
             raise ConnectionError("no supervisor answers")
         return Report(outcome=Outcome.COMMITTED)
 
-    results: queue.Queue[SaveResult] = queue.Queue()
-    with Watcher([tree], unreachable, on_result=results.put) as watcher:
+    with watching(tree, unreachable) as (watcher, _, results):
         save_in_place(tree / "pkg" / "mod.py", "def f():\n    return 13\n")
         assert next_result(results).line() == (
             "watch: pkg/mod.py: changed pkg.mod:f -> not applied: no supervisor answers"
