@@ -112,6 +112,9 @@ class Supervisor:
         self.config = config
         self.name = config.name
         self.journal = Journal(config.state_dir, config.name)
+        updates = [r for r in self.journal.read() if r.get("event") == "update"]
+        self.update_count = len(updates)  # over the journal's life, not this run's
+        self.last_update: dict[str, Any] | None = updates[-1] if updates else None
         self.app: AppProcess | None = None
         self.agent: bytes | None = None
         self.current: Job | None = None
@@ -356,7 +359,6 @@ class Supervisor:
                 "patch": self.current.entry,
                 "elapsed": round(time.monotonic() - self.current.started, 3),
             }
-        updates = [r for r in self.journal.read() if r.get("event") == "update"]
         return {
             "name": self.name,
             "state": str(self.state()),
@@ -365,8 +367,8 @@ class Supervisor:
             "endpoint": self.endpoint,
             "uptime": round(time.time() - self.started, 3),
             "restarts": self.restarts,
-            "updates": len(updates),
-            "last_update": updates[-1] if updates else None,
+            "updates": self.update_count,
+            "last_update": self.last_update,
             "current": current,
             "queued": len(self.queue),
             "stale": [p.entry for p in self.stale],
@@ -501,7 +503,8 @@ class Supervisor:
         bundle = job.request.bundle
         digest = self.journal.store_bundle(bundle)
         outcome = report.get("outcome") if report else "error"
-        self.journal.append(
+        self.update_count += 1
+        self.last_update = self.journal.append(
             "update",
             source=job.source,
             patch=job.entry,

@@ -169,6 +169,8 @@ def test_second_update_is_busy_unless_it_waits(tmp_path: Path, monkeypatch) -> N
         assert gated.returncode == 0, err
         outcomes = [(r["patch"], r["outcome"]) for r in app.journal() if r["event"] == "update"]
         assert outcomes == [("patch_gated.py", "committed"), ("patch_v2.py", "committed")]
+        status = app.status()
+        assert status["updates"] == 2 and status["last_update"]["patch"] == "patch_v2.py"
     finally:
         if gated is not None and gated.poll() is None:
             gated.kill()
