@@ -236,7 +236,7 @@ class Watcher:
         for d in self.dirs:
             for path in python_files(d).values():
                 with contextlib.suppress(OSError, UnicodeDecodeError):
-                    sources[path.resolve()] = read_source(path)
+                    sources[path] = read_source(path)  # below a resolved dir, as events are
         return sources
 
     def _load_baseline(self, sources: dict[Path, str] | None = None) -> None:
