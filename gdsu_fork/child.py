@@ -21,7 +21,7 @@ from typing import Any
 
 from . import delta as delta_codec
 from .analysis import bindings, definitions
-from .commit import apply_ops
+from .commit import apply_delta
 from .delta import Delta, Op, OpKind
 from .env import Env
 from .errors import PatchError, UpdateRefused
@@ -56,6 +56,9 @@ class Job:
     prior_objects: list[Any] = dataclasses.field(default_factory=list)
     # the stacks of the program's other threads at the pause (for references held in locals)
     frames: list[types.FrameType] = dataclasses.field(default_factory=list)
+    # in a pause: gc.get_objects() taken by the parent just before the fork, so that parent and
+    # child index the same list (bulk.py)
+    young: list[Any] | None = None
 
 
 @dataclasses.dataclass
@@ -270,31 +273,38 @@ def _validate(environment: NewEnvironment, ops: list[Op], env: Env) -> None:
 
 def run(job: Job, mode: Mode) -> bytes:
     """The child's whole work; returns what `unpack` reads. Raises on any failure."""
-    # In a pause the parent has gc.freeze()-d after finding `prior_objects`, so this lists only
-    # what was created since; in a rehearsal it is the whole heap (no pause to protect).
-    objects = [*job.prior_objects, *gc.get_objects()]
+    # In a pause the parent has gc.freeze()-d after finding `prior_objects`, and listed the
+    # objects made since in `job.young`; in a rehearsal the whole heap is listed here.
+    objects = [*job.prior_objects, *(job.young if job.young is not None else gc.get_objects())]
     gc.freeze()  # from here on, gc.get_objects() lists only what this child creates
+    # A short-lived process: collections would only re-traverse what it creates, ever more often.
+    gc.disable()
     patch = job.patch if isinstance(job.patch, Patch) else load_patch(job.patch)
     environment = NewEnvironment(patch)
     environment.build([o for o in objects if type(o) is types.FunctionType])
-    rewrites = Rewrites(environment.merge)
-    migration = Migration(
-        patch, environment.merge, environment.env(), environment.snapshots, rewrites
-    )
+    merge = environment.merge
+    rewrites = Rewrites(merge)
+    migration = Migration(patch, merge, environment.env(), environment.snapshots, rewrites)
     analysis = environment.analysis()
     analysis.affected = sorted(qualified(c) for c in migration.affected_classes())
     if mode is Mode.ANALYSE:
         return pack(analysis)
+    new_ids = delta_codec.young_object_ids()  # what building the new environment made
+    ops_before = len(merge.ops)
     migration.migrate(objects)
     analysis.migrated = migration.count
-    created = frozenset(delta_codec.young_object_ids()) if rewrites.pairs else frozenset()
+    bulk = migration.bulk
+    if rewrites.pairs or len(merge.ops) > ops_before or bulk.has_tracked_values(merge.replacements):
+        new_ids = delta_codec.young_object_ids()  # migrations made values the delta carries
+    else:
+        new_ids |= {id(c) for c in bulk.containers()}
     # `objects` was made before the freeze, so it looks old: never rewrite inside it
-    rewrites.plan(set(created) | {id(objects)}, job.frames)
+    rewrites.plan(new_ids | {id(objects)}, job.frames)
     environment.refuse_if_needed()
-    delta = Delta(environment.new_modules, environment.merge.ops)
-    data = delta_codec.encode(delta, replacements=environment.merge.replacements, created=created)
+    delta = Delta(environment.new_modules, merge.ops, bulk)
+    data = delta_codec.encode(delta, replacements=merge.replacements, new_ids=new_ids)
     environment.restore()
     decoded = delta_codec.decode(data)
-    apply_ops(decoded.ops)
+    apply_delta(decoded, objects)
     _validate(environment, decoded.ops, migration.env)
     return pack(analysis, data)

@@ -11,7 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .delta import Op, OpKind
+from .bulk import apply_bulk
+from .delta import Delta, Op, OpKind
 
 _MISSING: Any = object()
 
@@ -102,8 +103,19 @@ def _restore(op: Op, previous: Any) -> None:
         _setcell(target, None, previous)
 
 
-def apply_ops(ops: Sequence[Op]) -> None:
-    """Apply every operation, or none: on an exception, undo what was done and re-raise."""
+def _undo(done: list[tuple[Op, Any]]) -> None:
+    for op, previous in reversed(done):
+        try:
+            _restore(op, previous)
+        except Exception as exc:  # keep undoing the rest; report this one
+            print(f"gdsu-fork: could not undo {op.kind.name} on {op.key!r}: {exc}", file=sys.stderr)
+
+
+def apply_ops(ops: Sequence[Op]) -> Callable[[], None]:
+    """Apply every operation, or none: on an exception, undo what was done and re-raise.
+
+    Returns a function that undoes them all, for a later step of the commit that fails.
+    """
     done: list[tuple[Op, Any]] = []
     try:
         for op in ops:
@@ -111,12 +123,20 @@ def apply_ops(ops: Sequence[Op]) -> None:
             _APPLY[op.kind](op.target, op.key, op.value)
             done.append((op, previous))
     except BaseException:
-        for op, previous in reversed(done):
-            try:
-                _restore(op, previous)
-            except Exception as exc:  # keep undoing the rest; report this one
-                print(
-                    f"gdsu-fork: could not undo {op.kind.name} on {op.key!r}: {exc}",
-                    file=sys.stderr,
-                )
+        _undo(done)
         raise
+    return lambda: _undo(done)
+
+
+def apply_delta(delta: Delta, objects: Sequence[Any]) -> None:
+    """The commit: the operations, then the instances migrated in place; all or nothing.
+
+    `objects` is the list the bulk migration's indices refer to (see bulk.py).
+    """
+    undo = apply_ops(delta.ops)
+    if delta.bulk is not None and len(delta.bulk):
+        try:
+            apply_bulk(delta.bulk, list(objects))
+        except BaseException:
+            undo()
+            raise

@@ -18,6 +18,8 @@ import pickle
 import types
 from typing import Any, NamedTuple
 
+from .bulk import BulkMigration
+
 
 class OpKind(enum.IntEnum):
     """What one operation of the commit does; every kind only assigns."""
@@ -41,10 +43,12 @@ class Op(NamedTuple):
 
 
 class Delta(NamedTuple):
-    """What a commit applies: new modules first (so their globals resolve), then the operations."""
+    """What a commit applies: new modules first (so their globals resolve), then the operations,
+    then the instances migrated in place."""
 
     new_modules: list[types.ModuleType]
     ops: list[Op]
+    bulk: BulkMigration | None = None
 
 
 # --- rebuilding what the child created (run in the parent while unpickling) -------------------
@@ -256,18 +260,18 @@ class _Old:
         self.obj = obj
 
 
-def encode(
-    delta: Delta, *, replacements: dict[int, Any], created: frozenset[int] = frozenset()
-) -> bytes:
+def encode(delta: Delta, *, replacements: dict[int, Any], new_ids: set[int] | None = None) -> bytes:
     """Serialize a delta built in the child, after `gc.freeze()` marked what existed at the fork.
 
     `replacements` maps the id of a new object to the old object it becomes (a class or function
     that keeps its identity): references to the new one travel as references to the old one.
-    `created`: ids of objects the child made before it froze its heap a second time.
+    `new_ids`: ids of the objects the child made (default: the young generations now).
     """
-    payload = (delta.new_modules, [(k, _Old(t), key, v) for k, t, key, v in delta.ops])
+    ops = [(k, _Old(t), key, v) for k, t, key, v in delta.ops]
+    payload = (delta.new_modules, ops, delta.bulk)
     new_module_dicts = {id(m.__dict__): m.__name__ for m in delta.new_modules}
-    new_ids = young_object_ids() | created  # after building `payload`: its lists count as new
+    # (after building `ops`, so that the list counts as new)
+    new_ids = young_object_ids() if new_ids is None else new_ids | {id(ops)}
     buffer = io.BytesIO()
     _DeltaPickler(buffer, new_ids, replacements, new_module_dicts).dump(payload)
     return buffer.getvalue()
@@ -303,10 +307,12 @@ def decode(data: bytes) -> Delta:
     """
     _LOADING_MODULES.clear()
     try:
-        new_modules, ops = _DeltaUnpickler(io.BytesIO(data)).load()
+        new_modules, ops, bulk = _DeltaUnpickler(io.BytesIO(data)).load()
     finally:
         _LOADING_MODULES.clear()
-    return Delta(new_modules, [Op(OpKind(k), target, key, value) for k, target, key, value in ops])
+    return Delta(
+        new_modules, [Op(OpKind(k), target, key, value) for k, target, key, value in ops], bulk
+    )
 
 
 def young_object_ids() -> set[int]:

@@ -24,7 +24,7 @@ from . import delta as delta_codec
 from . import safepoint
 from .child import Analysis, Job, Mode, unpack
 from .child import run as child_run
-from .commit import apply_ops
+from .commit import apply_delta
 from .errors import GdsuError, SafePointTimeout
 from .isolate import ChildResult, run_forked
 from .patch import Patch
@@ -169,8 +169,10 @@ class _Update:
     def commit_in_pause(self, pause_started: float) -> Report:
         me = threading.get_ident()
         self.job.frames = [f for ident, f in sys._current_frames().items() if ident != me]
+        self.job.young = gc.get_objects()  # the child indexes this very list
+        objects = [*self.job.prior_objects, *self.job.young]
         result = self.fork(Mode.COMMIT)
-        self.job.frames = []
+        self.job.frames, self.job.young = [], None
         self.report.timings["child"] = _ms(result.seconds)
         if not result.ok:
             self.report.timings["pause"] = _ms(time.perf_counter() - pause_started)
@@ -186,7 +188,7 @@ class _Update:
             return self.finish(Outcome.DISCARDED, f"the delta could not be decoded: {exc!r}")
         self.emit(Phase.COMMITTING, f"committing {len(decoded.ops)} operations")
         try:
-            apply_ops(decoded.ops)
+            apply_delta(decoded, objects)
         except Exception as exc:
             self.report.timings["pause"] = _ms(time.perf_counter() - pause_started)
             return self.finish(Outcome.DISCARDED, f"the commit failed and was undone: {exc!r}")

@@ -9,17 +9,19 @@ slots).
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from collections.abc import Iterable
 from typing import Any
 
 from .analysis import subclasses_of
+from .bulk import BulkMigration, diff_state
 from .delta import OpKind
-from .env import Env
+from .env import Env, blank, slot_names
 from .errors import UpdateRefused
 from .merge import Merge
 from .patch import Patch
-from .policies import ByName, set_field, state_of
+from .policies import set_field, state_of
 from .rewrite import Rewrites
 
 
@@ -31,71 +33,16 @@ class _Draft:
     """Collects the fields of a tuple-based instance (a NamedTuple), built once they are known."""
 
 
-def _blank(cls: type) -> Any:
-    try:
-        return cls.__new__(cls)
-    except TypeError:
-        return object.__new__(cls)
-
-
-def _copy_member(value: Any) -> Any:
-    """A function (or method wrapper) frozen with its current code."""
-    if isinstance(value, types.FunctionType):
-        copy = types.FunctionType(
-            value.__code__, value.__globals__, value.__name__, value.__defaults__, value.__closure__
-        )
-        copy.__kwdefaults__ = value.__kwdefaults__
-        copy.__qualname__ = value.__qualname__
-        return copy
-    if isinstance(value, staticmethod | classmethod):
-        return type(value)(_copy_member(value.__func__))
-    if isinstance(value, property):
-        return property(
-            *(_copy_member(f) for f in (value.fget, value.fset, value.fdel)), value.__doc__
-        )
-    return value
-
-
-class OldVersions:
-    """Copies of live classes as they are before the commit, so that the old side of
-    `env.pairs` keeps the old behaviour: the commit changes the live classes in place."""
-
-    _SKIP = frozenset({"__dict__", "__weakref__"})
-
-    def __init__(self) -> None:
-        self._copies: dict[type, type] = {}
-
-    def of(self, cls: type) -> type:
-        if cls in self._copies:
-            return self._copies[cls]
-        if cls.__module__ == "builtins" or not hasattr(cls, "__dict__"):
-            return cls
-        slots = cls.__dict__.get("__slots__")
-        slot_names = {slots} if isinstance(slots, str) else set(slots or ())
-        namespace = {
-            k: _copy_member(v)
-            for k, v in cls.__dict__.items()
-            if k not in self._SKIP and k not in slot_names
-        }
-        if slots is not None:
-            namespace["__slots__"] = slots
-        try:
-            bases = tuple(self.of(b) for b in cls.__bases__)
-            copy = type.__new__(type(cls), cls.__name__, bases, namespace)
-        except (TypeError, ValueError):
-            copy = cls  # an exotic layout or metaclass: the live class will do
-        self._copies[cls] = copy
-        return copy
-
-    def snapshot(self, obj: Any) -> Any:
-        """A detached copy of `obj` with its current state and its class's current code."""
-        cls = self.of(type(obj))
-        if isinstance(obj, tuple):
-            return tuple.__new__(cls, obj)  # its fields are its items
-        copy = _blank(cls)
-        for name, value in state_of(obj).items():
-            set_field(copy, name, value)
-        return copy
+@dataclasses.dataclass(frozen=True)
+class _ClassPlan:
+    cls: type
+    target: type
+    policy: Any
+    dropped: frozenset[str]
+    plain: bool  # instances keep their fields in __dict__ only
+    target_plain: bool
+    names: list[str]
+    removed_as: str | None
 
 
 class Migration:
@@ -118,7 +65,7 @@ class Migration:
         self._old_fields = {pair.old: pair.old_fields or frozenset() for pair in merge.classes}
         self._new_fields = {pair.new: pair.new_fields or frozenset() for pair in merge.classes}
         self.modules = set(module_names)
-        self.old_versions = OldVersions()
+        self.bulk = BulkMigration()
         self.count = 0
         env.removed_fields = self.removed_fields  # type: ignore[method-assign]
 
@@ -158,7 +105,7 @@ class Migration:
             c for _, c in self.merge.removed_classes
         }
 
-    def migrate(self, objects: Iterable[Any]) -> None:
+    def migrate(self, objects: list[Any]) -> None:
         """Migrate every affected instance among `objects`; raise to refuse the update."""
         affected = self.affected_classes()
         if not affected:
@@ -167,39 +114,67 @@ class Migration:
         for pair in self.merge.classes:
             if pair.layout_changed:
                 self.rewrites.become(pair.old, pair.new, strict=False)
-        removed = {cls: name for name, cls in self.merge.removed_classes}
-        by_name = ByName()
-        pairs: dict[str, list[tuple[Any, Any]]] = {}
+        plans: dict[type, _ClassPlan] = {}
+        checked: set[tuple[type, type]] = set()
         seen: set[int] = set()
-        for obj in objects:
-            old_cls = type(obj)
-            if old_cls not in affected or id(obj) in seen:
+        for index, obj in enumerate(objects):
+            plan = plans.get(type(obj))
+            if plan is None:
+                if type(obj) not in affected:
+                    continue
+                plan = plans[type(obj)] = self._plan(type(obj))
+            if id(obj) in seen:
                 continue
             seen.add(id(obj))
-            policy = self.policy_for(old_cls)
-            if old_cls in removed and policy is None:
-                msg = (
-                    f"{removed[old_cls]} is removed but live instances remain (e.g. {obj!r:.80}); "
-                    f"register patch.migrate({removed[old_cls]!r}, policy) returning an instance "
-                    f"of a class of the new version"
-                )
-                raise UpdateRefused(msg)
-            snapshot = self.old_versions.snapshot(obj)
-            target = self.new_of.get(old_cls, old_cls)
-            draft = _Draft() if issubclass(target, tuple) else _blank(target)
-            new = None if old_cls in removed else by_name(obj, draft, self.env)
-            result = policy(obj, new, self.env) if policy is not None else new
+            old_state = dict(obj.__dict__) if plan.plain else state_of(obj)
+            new = None if plan.removed_as is not None else self._by_name(plan, old_state)
+            result = plan.policy(obj, new, self.env) if plan.policy is not None else new
             if isinstance(result, _Draft):
-                result = target(**vars(result))
-            self._check_result(obj, result, policy)
-            self._record(obj, result)
-            migrated = result if old_cls in self.relaid else obj
-            for base in old_cls.__mro__:
-                if base.__module__ in self.modules:
-                    pairs.setdefault(qualified(base), []).append((snapshot, migrated))
+                result = plan.target(**vars(result))
+            if (type(result), plan.cls) not in checked:
+                self._check_result(obj, result, plan.policy)
+                checked.add((type(result), plan.cls))
+            migrated = self._record(index, obj, plan, result)
+            self.env.record_pair(plan.names, obj, plan.cls, old_state, migrated)
             self.count += 1
-        for name, found in pairs.items():
-            self.env.record_pairs(name, found)
+
+    def _plan(self, cls: type) -> _ClassPlan:
+        """Everything about migrating instances of `cls` that does not depend on the instance."""
+        removed = {c: name for name, c in self.merge.removed_classes}
+        policy = self.policy_for(cls)
+        if cls in removed and policy is None:
+            msg = (
+                f"{removed[cls]} is removed but live instances remain; register "
+                f"patch.migrate({removed[cls]!r}, policy) returning an instance of a class of "
+                f"the new version"
+            )
+            raise UpdateRefused(msg)
+        self.env.old_versions.of(cls)  # copy its code now: the commit changes it in place
+        target = self.new_of.get(cls, cls)
+        return _ClassPlan(
+            cls=cls,
+            target=target,
+            policy=policy,
+            dropped=self.removed_fields(cls),
+            plain=not slot_names(cls) and not issubclass(cls, tuple) and hasattr(cls, "__dict__"),
+            target_plain=not slot_names(target) and not issubclass(target, tuple),
+            names=[qualified(b) for b in cls.__mro__ if b.__module__ in self.modules],
+            removed_as=removed.get(cls),
+        )
+
+    def _by_name(self, plan: _ClassPlan, old_state: dict[str, Any]) -> Any:
+        """A blank instance of the new class holding the old fields it still declares."""
+        target = plan.target
+        draft = _Draft() if issubclass(target, tuple) else blank(target)
+        dropped = plan.dropped
+        values = {k: v for k, v in old_state.items() if k not in dropped} if dropped else old_state
+        namespace = getattr(draft, "__dict__", None)
+        if namespace is not None and plan.target_plain:
+            namespace.update(values)  # a plain instance: no descriptor to honour
+        else:
+            for key, value in values.items():
+                set_field(draft, key, value)
+        return draft
 
     def _check_result(self, obj: Any, result: Any, policy: Any) -> None:
         cls = type(result)
@@ -222,18 +197,25 @@ class Migration:
                     f"changes: give the new source of {cls.__module__} in the same patch"
                 )
 
-    def _record(self, obj: Any, result: Any) -> None:
-        if type(obj) in self.relaid:
+    def _record(self, index: int, obj: Any, plan: _ClassPlan, result: Any) -> Any:
+        """Record how `obj` becomes `result`; return the object that is the migrated instance."""
+        if plan.cls in self.relaid:
             self.rewrites.become(obj, result)
-            return
+            return result
         merge = self.merge
-        if merge.replacements.get(id(type(result)), type(result)) is not type(obj):
-            merge.op(OpKind.SETATTR, obj, "__class__", type(result))
         if result is not obj:
             merge.replacements[id(result)] = obj
             merge.keep.append(result)
-        if hasattr(result, "__dict__"):
-            merge.op(OpKind.SETATTR, obj, "__dict__", result.__dict__)
-        else:
-            for name, value in state_of(result).items():
-                merge.op(OpKind.SETATTR, obj, name, value)
+        result_class = type(result)
+        new_class = merge.replacements.get(id(result_class), result_class)
+        if plan.plain and hasattr(result, "__dict__") and not slot_names(result_class):
+            removed, changed = diff_state(obj.__dict__, result.__dict__)
+            self.bulk.add(
+                index, result_class if new_class is not plan.cls else None, removed, changed
+            )
+            return obj
+        if new_class is not plan.cls:
+            merge.op(OpKind.SETATTR, obj, "__class__", result_class)
+        for name, value in state_of(result).items():
+            merge.op(OpKind.SETATTR, obj, name, value)
+        return obj

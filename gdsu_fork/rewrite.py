@@ -19,15 +19,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from .delta import OpKind
+from .env import slot_names
 from .merge import Merge
-
-
-def _slot_names(cls: type) -> Iterator[str]:
-    for base in cls.__mro__:
-        slots = base.__dict__.get("__slots__", ())
-        for name in (slots,) if isinstance(slots, str) else slots:
-            if name not in ("__dict__", "__weakref__"):
-                yield name
 
 
 def _is_same_sequence(referrer: Any, olds: list[Any]) -> bool:
@@ -160,7 +153,7 @@ class Rewrites:
         """Rewrite references held in an object's attributes (3.11+ keeps small instance
         dictionaries inline, so the object itself is the referrer); False if none was found."""
         attributes = dict(getattr(referrer, "__dict__", {}))
-        for name in _slot_names(type(referrer)):
+        for name in slot_names(type(referrer)):
             with contextlib.suppress(AttributeError):
                 attributes[name] = object.__getattribute__(referrer, name)
         found = False

@@ -1,0 +1,146 @@
+"""Bulk instance migration: the compact part of the delta for instances migrated in place.
+
+Shipping each migrated instance's whole state would make the pause grow with the size of every
+object. Instead the child ships, per instance, only what differs: its new class, the attributes
+to delete and the attributes whose value changed. Instances are named by their position in a list
+that the parent built just before the fork and the child inherited (no address to check), and a
+value moved from one attribute to another (a rename) travels as the name it came from. The parent
+applies it with C-level loops, and can undo it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+from array import array
+from itertools import repeat
+from typing import Any
+
+_MISSING: Any = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class FromAttr:
+    """A value the instance already holds under another attribute name (a renamed field)."""
+
+    name: str
+
+
+@dataclasses.dataclass
+class BulkMigration:
+    """Per migrated instance: its index, new class (table index, -1: unchanged), removed
+    attributes (table index) and changed values."""
+
+    indices: array = dataclasses.field(default_factory=lambda: array("q"))
+    class_of: array = dataclasses.field(default_factory=lambda: array("q"))
+    removed_of: array = dataclasses.field(default_factory=lambda: array("q"))
+    classes: list[type] = dataclasses.field(default_factory=list)
+    removals: list[tuple[str, ...]] = dataclasses.field(default_factory=lambda: [()])
+    changed: dict[int, dict[str, Any]] = dataclasses.field(
+        default_factory=dict
+    )  # position -> values
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def add(
+        self,
+        index: int,
+        new_class: type | None,
+        removed: tuple[str, ...],
+        changed: dict[str, Any],
+    ) -> None:
+        """Record one instance's migration (child side)."""
+        position = len(self.indices)
+        self.indices.append(index)
+        self.class_of.append(self._slot(self.classes, new_class) if new_class is not None else -1)
+        self.removed_of.append(self._slot(self.removals, removed))
+        if changed:
+            self.changed[position] = changed
+
+    def has_tracked_values(self, replacements: dict[int, Any]) -> bool:
+        """Whether a changed value may be an object the child made (it must then tell old
+        objects from new ones with a full young-generation snapshot)."""
+        return any(
+            gc.is_tracked(v) and not isinstance(v, FromAttr) and id(v) not in replacements
+            for values in self.changed.values()
+            for v in values.values()
+        )
+
+    def containers(self) -> list[Any]:
+        """Every container this object made: all are new, whatever the collector says."""
+        made: list[Any] = [self, self.classes, self.removals, self.changed]
+        for values in self.changed.values():
+            made.append(values)
+            made.extend(v for v in values.values() if isinstance(v, FromAttr))
+        return made
+
+    @staticmethod
+    def _slot(table: list[Any], item: Any) -> int:
+        for i, known in enumerate(table):
+            if known is item or (type(item) is tuple and known == item):
+                return i
+        table.append(item)
+        return len(table) - 1
+
+
+def diff_state(
+    old_state: dict[str, Any], new_state: dict[str, Any]
+) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """What turns `old_state` into `new_state`: names to delete, and values to set (values the
+    old state holds under another name become `FromAttr`)."""
+    removed = tuple(k for k in old_state if k not in new_state)
+    changed: dict[str, Any] = {}
+    where: dict[int, str] | None = None
+    for key, value in new_state.items():
+        if old_state.get(key, _MISSING) is value:
+            continue
+        if where is None:
+            where = {id(v): k for k, v in old_state.items()}
+        source = where.get(id(value))
+        changed[key] = FromAttr(source) if source is not None else value
+    return removed, changed
+
+
+class AppliedBulk:
+    """What `apply_bulk` did, so it can be undone if a later step of the commit fails."""
+
+    def __init__(self, targets: list[Any], classes: list[type], states: dict[int, dict[str, Any]]):
+        self.targets = targets
+        self.classes = classes
+        self.states = states
+
+    def undo(self) -> None:
+        for target, cls in zip(self.targets, self.classes, strict=True):
+            if type(target) is not cls:
+                object.__setattr__(target, "__class__", cls)
+        for position, state in self.states.items():
+            namespace = self.targets[position].__dict__
+            namespace.clear()
+            namespace.update(state)
+
+
+def apply_bulk(bulk: BulkMigration, objects: list[Any]) -> AppliedBulk:
+    """Migrate the instances in place (parent and child alike); undone on an exception."""
+    targets = [objects[i] for i in bulk.indices]
+    old_classes = list(map(type, targets))
+    touched = {p for p, r in enumerate(bulk.removed_of) if r} | set(bulk.changed)
+    saved = {p: dict(targets[p].__dict__) for p in touched}
+    applied = AppliedBulk(targets, old_classes, saved)
+    try:
+        for slot, cls in enumerate(bulk.classes):
+            group = [t for t, c in zip(targets, bulk.class_of, strict=True) if c == slot]
+            list(map(object.__setattr__, group, repeat("__class__"), repeat(cls)))
+        for position in touched:
+            namespace = targets[position].__dict__
+            values = {
+                k: namespace[v.name] if isinstance(v, FromAttr) else v
+                for k, v in bulk.changed.get(position, {}).items()
+            }
+            for name in bulk.removals[bulk.removed_of[position]]:
+                del namespace[name]
+            namespace.update(values)
+    except BaseException:
+        applied.undo()
+        raise
+    return applied
