@@ -112,3 +112,12 @@ def test_after_a_restart_saves_apply_on_top_of_the_files_on_disk(tmp_path):
     finally:
         supervised.close()
         print(f"--- output ---\n{supervised.output()}")
+
+
+def test_watching_a_missing_directory_is_a_usage_error(tmp_path, capsys):
+    from supervisor.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--watch", str(tmp_path / "nope"), str(GREETER / "server.py")])
+    assert exited.value.code == 2
+    assert f"--watch {tmp_path / 'nope'}: not a directory" in capsys.readouterr().err
