@@ -298,8 +298,9 @@ def run(job: Job, mode: Mode) -> bytes:
         new_ids = delta_codec.young_object_ids()  # migrations made values the delta carries
     else:
         new_ids |= {id(c) for c in bulk.containers()}
-    # `objects` was made before the freeze, so it looks old: never rewrite inside it
-    rewrites.plan(new_ids | {id(objects)}, job.frames)
+    # `objects` was made before the freeze, so it looks old; the job's lists are the engine's
+    engine_lists = {id(objects), id(job.prior_objects), id(job.young), id(job.frames)}
+    rewrites.plan(new_ids | engine_lists, job.frames)
     environment.refuse_if_needed()
     delta = Delta(environment.new_modules, merge.ops, bulk)
     data = delta_codec.encode(delta, replacements=merge.replacements, new_ids=new_ids)

@@ -170,9 +170,16 @@ class _Update:
         me = threading.get_ident()
         self.job.frames = [f for ident, f in sys._current_frames().items() if ident != me]
         self.job.young = gc.get_objects()  # the child indexes this very list
-        objects = [*self.job.prior_objects, *self.job.young]
+        try:
+            return self.run_commit_child(pause_started)
+        finally:
+            self.job.frames, self.job.young = [], None
+
+    def run_commit_child(self, pause_started: float) -> Report:
+        # Invariant until the commit ends: nothing that existed at the fork is released here,
+        # since the delta may name it by address.
         result = self.fork(Mode.COMMIT)
-        self.job.frames, self.job.young = [], None
+        objects = [*self.job.prior_objects, *(self.job.young or ())]
         self.report.timings["child"] = _ms(result.seconds)
         if not result.ok:
             self.report.timings["pause"] = _ms(time.perf_counter() - pause_started)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
+import sys
 import types
 import weakref
 from collections.abc import Iterator
@@ -61,20 +62,29 @@ class Rewrites:
 
     def __init__(self, merge: Merge) -> None:
         self.merge = merge
-        self.pairs: dict[int, tuple[Any, Any]] = {}
+        self.pairs: dict[int, tuple[Any, Any]] = {}  # instances
         self.strict: set[int] = set()  # instances: every reference must be rewritten
+        self.classes: dict[int, tuple[Any, Any]] = {}  # classes whose layout changed
 
     def become(self, old: Any, new: Any, *, strict: bool = True) -> None:
-        """After the commit, references to `old` lead to `new`."""
-        self.pairs[id(old)] = (old, new)
+        """After the commit, references to `old` lead to `new`.
+
+        `strict` (instances): every reference must be rewritten, or the update is refused.
+        Otherwise (a class whose layout changed): only module globals are rewritten, the names
+        programs look classes up by; containers the runtime keeps (caches, MROs) are left alone.
+        """
         if strict:
+            self.pairs[id(old)] = (old, new)
             self.strict.add(id(old))
+        else:
+            self.classes[id(old)] = (old, new)
 
     def _new(self, obj: Any) -> Any:
         return self.pairs[id(obj)][1]
 
     def plan(self, created: set[int], frames: list[types.FrameType]) -> None:
         """Record the rewrites; `created`: ids of objects the child made (not to be rewritten)."""
+        self._rewrite_module_globals(created)
         if not self.pairs:
             return
         self._check_frames(frames)
@@ -86,8 +96,17 @@ class Rewrites:
         for referrer in referrers:
             if id(referrer) not in skip and not _is_same_sequence(referrer, olds):
                 self._rewrite(referrer)
-        if self.merge.refusals:
+
+    def _rewrite_module_globals(self, created: set[int]) -> None:
+        if not self.classes:
             return
+        for module in list(sys.modules.values()):
+            namespace = getattr(module, "__dict__", None)
+            if namespace is None or id(namespace) in created:
+                continue
+            for key, value in list(namespace.items()):
+                if id(value) in self.classes:
+                    self.merge.op(OpKind.SETITEM, namespace, key, self.classes[id(value)][1])
 
     def _refuse(self, target: Any, where: str) -> None:
         self.merge.refusals.append(
