@@ -157,7 +157,7 @@ def run_update(args: argparse.Namespace) -> int:
     """Bundle, send, stream progress, print the report."""
     bundle = bundle_patch(args.patch, include=args.include)
     request = protocol.Update(
-        new_id(), bundle, timeout=args.timeout, rehearse=args.rehearse, wait=args.wait
+        new_id(), bundle, timeout=args.timeout, rehearse=args.rehearse, wait=args.wait, source="cli"
     )
     with open_client(args) as client:
         reply = client.request(

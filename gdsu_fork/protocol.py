@@ -88,7 +88,10 @@ class Message:
 
 @dataclasses.dataclass(frozen=True)
 class Update(Message):
-    """Apply a patch. `wait`: queue behind a running update instead of getting a busy answer."""
+    """Apply a patch. `wait`: queue behind a running update instead of getting a busy answer.
+
+    `source` says who sends it ("cli", "watch", ...), for the journal.
+    """
 
     kind: ClassVar[Kind] = Kind.UPDATE
     bundle: Bundle
@@ -96,6 +99,7 @@ class Update(Message):
     rehearse: bool = True
     wait: bool = False
     child_memory: int | None = None
+    source: str = "client"
 
 
 @dataclasses.dataclass(frozen=True)

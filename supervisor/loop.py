@@ -378,7 +378,7 @@ class Supervisor:
         if isinstance(message, protocol.ProtocolError):
             self.control.send(client, protocol.error_reply(message))
         elif isinstance(message, protocol.Update):
-            self._submit(Job(message, client), wait=message.wait)
+            self._submit(Job(message, client, source=message.source), wait=message.wait)
         elif isinstance(message, protocol.Status):
             self.control.send(client, protocol.StatusReply(message.id, self.status()))
         elif isinstance(message, protocol.History):

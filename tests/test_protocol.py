@@ -35,6 +35,7 @@ messages = st.one_of(
         rehearse=st.booleans(),
         wait=st.booleans(),
         child_memory=st.none() | st.integers(0, 2**40),
+        source=texts,
     ),
     st.builds(protocol.Status, id=texts),
     st.builds(protocol.History, id=texts, limit=st.integers(0, 1000)),

@@ -280,7 +280,7 @@ def test_restart_warns_about_lost_patches_and_replay_restores_them(start) -> Non
     assert app.get("/r") == "v2 /r"
     assert app.status()["stale"] == []
     sources = [r["source"] for r in _journal(app) if r["event"] == "update"]
-    assert sources == ["client", "replay"]
+    assert sources == ["cli", "replay"]
 
 
 def _journal(app: Supervised) -> list[dict]:
