@@ -671,6 +671,16 @@ class GeneratedPatch:
                 parts.append(f"{kind} {_first(names, limit)}")
         if self.migrated:
             parts.append(f"migrates {_first(self.migrated, limit)}")
+        guesses = [
+            f"{old}->{new}"
+            for m in self.modules
+            for c in m.migrated
+            if not c.declared
+            for old, new in c.renames.items()
+        ]
+        if guesses:
+            # A guess moves data: say it, so a wrong one is noticed at once.
+            parts.append(f"renames guessed: {_first(guesses, limit)}")
         if not parts:
             parts.append(f"new source of {', '.join(m.name for m in self.modules)}")
         return "; ".join(parts)

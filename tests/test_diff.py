@@ -207,3 +207,8 @@ def test_annotated_fields_of_attrs_and_pydantic_classes(header, kind):
     (cls,) = diff_sources({"m": (old, new)}).modules[0].classes
     assert cls.new.kind == kind
     assert cls.added == {"b": Default(value="'x'")}
+
+
+def test_summary_names_guessed_renames(tmp_path):
+    summary = generate(tmp_path, "diff_fields").summary(limit=10)
+    assert summary.endswith("renames guessed: x->a")
