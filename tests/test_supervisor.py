@@ -231,6 +231,11 @@ def test_tcp_control_accepts_only_known_curve_keys(supervise: Start, tmp_path: P
 
     ok = app.cli("status", "--name", "greeter", "--curve-keys", str(keys))
     assert ok.returncode == 0, ok.stderr
+    patch = str(APPS / "greeter" / "patch_v2.py")
+    update = app.cli("update", patch, "--endpoint", endpoint, "--curve-keys", str(keys))
+    assert update.returncode == 0, update.stderr
+    wait_for(app.portfile.exists, 20, "the app to listen")
+    assert app.get("/tcp") == "v2 /tcp"
     no_keys = app.cli("status", "--name", "greeter")
     assert no_keys.returncode == 2 and "--curve-keys" in no_keys.stderr
     plain = app.cli("status", "--endpoint", endpoint, "--connect-timeout", "10")
