@@ -559,7 +559,8 @@ def _identifier(text: str) -> str:
 def _string_literal(source: str) -> str:
     """A literal for `source`, as readable as possible: a raw triple-quoted string if safe."""
     candidate = f"r'''{source}'''"
-    if "'''" not in source and not source.endswith("\\"):
+    # A raw literal keeps the text as it is, so it must not hold what a file read changes (\r).
+    if "'''" not in source and not source.endswith("\\") and "\r" not in source:
         try:
             if ast.literal_eval(candidate) == source:
                 return candidate

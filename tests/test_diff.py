@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ast
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gdsu_fork.diff import Default, GeneratedPatch, diff_paths, diff_sources
 from gdsu_fork.errors import PatchError
@@ -212,3 +215,16 @@ def test_annotated_fields_of_attrs_and_pydantic_classes(header, kind):
 def test_summary_names_guessed_renames(tmp_path):
     summary = generate(tmp_path, "diff_fields").summary(limit=10)
     assert summary.endswith("renames guessed: x->a")
+
+
+@given(st.text())
+@settings(max_examples=300, deadline=None)
+def test_any_source_text_embeds_exactly_through_a_file(source):
+    from gdsu_fork.diff import _string_literal
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "p.py"
+        path.write_text(f"S = {_string_literal(source)}\n", encoding="utf-8")
+        namespace: dict[str, str] = {}
+        exec(path.read_text(encoding="utf-8"), namespace)
+    assert namespace["S"] == source
