@@ -12,10 +12,13 @@ import os
 import resource
 import select
 import signal
+import sys
 import time
 import traceback
 import warnings
 from collections.abc import Callable
+
+from .errors import GdsuError
 
 _OK, _FAILED = b"K", b"E"
 
@@ -51,6 +54,23 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+_ENGINE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _describe_exception() -> str:
+    """The current exception's traceback, without the engine's own frames when the fault lies
+    elsewhere (the patch, a migration, a validation): those are what the operator must fix."""
+    exc = sys.exc_info()[1]
+    assert exc is not None
+    summary = traceback.TracebackException.from_exception(exc)
+    frames = [f for f in summary.stack if not f.filename.startswith(_ENGINE_DIR)]
+    if frames and not isinstance(exc, GdsuError):
+        summary.stack = traceback.StackSummary.from_list(frames)
+    elif isinstance(exc, GdsuError):
+        return f"{type(exc).__name__}: {exc}"
+    return "".join(summary.format()).rstrip()
+
+
 def _child_main(
     write_fd: int, work: Callable[[], bytes], prepare: Callable[[], None], memory: int | None
 ) -> None:
@@ -62,7 +82,7 @@ def _child_main(
         try:
             payload = _OK + work()
         except BaseException:
-            payload = _FAILED + traceback.format_exc().encode("utf-8", "replace")
+            payload = _FAILED + _describe_exception().encode("utf-8", "replace")
         _write_all(write_fd, payload)
         code = 0
     finally:

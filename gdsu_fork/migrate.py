@@ -18,7 +18,7 @@ from .analysis import subclasses_of
 from .bulk import BulkMigration, diff_state
 from .delta import OpKind
 from .env import Env, blank, slot_names
-from .errors import UpdateRefused
+from .errors import UpdateRefused, short_repr
 from .merge import Merge
 from .patch import Patch
 from .policies import set_field, state_of
@@ -128,7 +128,13 @@ class Migration:
             seen.add(id(obj))
             old_state = dict(obj.__dict__) if plan.plain else state_of(obj)
             new = None if plan.removed_as is not None else self._by_name(plan, old_state)
-            result = plan.policy(obj, new, self.env) if plan.policy is not None else new
+            try:
+                result = plan.policy(obj, new, self.env) if plan.policy is not None else new
+            except Exception as exc:
+                exc.add_note(
+                    f"while migrating instance #{self.count + 1} of {qualified(plan.cls)}: {short_repr(obj)}"
+                )
+                raise
             if isinstance(result, _Draft):
                 result = plan.target(**vars(result))
             if (type(result), plan.cls) not in checked:

@@ -21,6 +21,7 @@ from typing import Any
 
 from .delta import OpKind
 from .env import slot_names
+from .errors import short_repr
 from .merge import Merge
 
 
@@ -31,14 +32,6 @@ def _is_same_sequence(referrer: Any, olds: list[Any]) -> bool:
         and len(referrer) == len(olds)
         and all(a is b for a, b in zip(referrer, olds, strict=True))
     )
-
-
-def _short(obj: Any) -> str:
-    try:
-        text = repr(obj)
-    except Exception:
-        text = object.__repr__(obj)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _looks_like_class_dict(d: dict[Any, Any]) -> bool:
@@ -163,7 +156,7 @@ class Rewrites:
         elif kind is types.CellType:
             op(OpKind.SETCELL, referrer, None, self._new(referrer.cell_contents))
         elif isinstance(referrer, type | types.FunctionType | types.MethodType | tuple):
-            self._refuse_holding(referrer, f"a {kind.__name__} ({_short(referrer)})")
+            self._refuse_holding(referrer, f"a {kind.__name__} ({short_repr(referrer)})")
         elif not self._rewrite_attributes(referrer):
             where = f"an object of type {kind.__module__}.{kind.__qualname__}"
             self._refuse_holding(referrer, where)
