@@ -48,7 +48,6 @@ from .diff import (
     ignored,
     module_name,
     python_files,
-    read_source,
 )
 from .errors import GdsuError
 from .report import Outcome, Report
@@ -235,8 +234,9 @@ class Watcher:
         sources = {}
         for d in self.dirs:
             for path in python_files(d).values():
-                with contextlib.suppress(OSError, UnicodeDecodeError):
-                    sources[path] = read_source(path)  # below a resolved dir, as events are
+                with contextlib.suppress(OSError, UnicodeDecodeError, SyntaxError):
+                    # Decoded as saves are (`_read_alone`), keyed by paths as events give them.
+                    sources[path] = decode_source(path.read_bytes())
         return sources
 
     def _load_baseline(self, sources: dict[Path, str] | None = None) -> None:
@@ -347,8 +347,11 @@ class Watcher:
         for path in sorted(self._pending):
             try:
                 text = self._read_whole(path)
-            except (OSError, UnicodeDecodeError):
+            except OSError:
                 continue  # deleted or moved away since: nothing to apply for it
+            except (UnicodeDecodeError, SyntaxError) as exc:  # bytes its coding cannot decode
+                msg = f"{self._relative(path)} cannot be decoded yet ({exc}); waiting for the next save"
+                return SaveResult(self._display(saved), error=msg, waiting=True)
             if text is None:
                 return None  # a save is still being written; its end posts a new notice
             current[path] = text

@@ -326,3 +326,13 @@ def test_a_file_with_a_nul_byte_is_waited_on(tree, watched):
     waiting = next_result(results)
     assert waiting.waiting and "does not compile yet" in waiting.line()
     assert recorder.patches == []
+
+
+def test_a_file_its_coding_cannot_decode_is_waited_on(tree, watched):
+    _, recorder, results = watched
+    (tree / "pkg" / "mod.py").write_bytes(b"X = '\xff\xfe'\n")
+    waiting = next_result(results)
+    assert waiting.waiting and "pkg/mod.py cannot be decoded yet" in waiting.line()
+    save_in_place(tree / "pkg" / "mod.py", "X = 'ok'\n")
+    assert next_result(results).committed
+    assert recorder.patches == [{"pkg.mod": "X = 'ok'\n"}]
