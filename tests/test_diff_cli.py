@@ -78,3 +78,10 @@ def test_diff_git_range_with_paths_through_the_console_script(tmp_path):
     text = (tmp_path / "p.py").read_text()
     assert "patch.module('shop.cart'" in text
     assert "other" not in text
+
+
+def test_identical_trees_give_an_empty_patch_and_say_so(tmp_path, capsys):
+    old, _ = trees(tmp_path)
+    assert main(["diff", str(old), str(old), "-o", str(tmp_path / "p.py")]) == 0
+    assert "no Python module changed: the patch is empty" in capsys.readouterr().err
+    compile((tmp_path / "p.py").read_text(), "p.py", "exec")
