@@ -51,12 +51,37 @@ class BulkMigration:
         changed: dict[str, Any],
     ) -> None:
         """Record one instance's migration (child side)."""
-        position = len(self.indices)
-        self.indices.append(index)
-        self.class_of.append(self._slot(self.classes, new_class) if new_class is not None else -1)
-        self.removed_of.append(self._slot(self.removals, removed))
         if changed:
-            self.changed[position] = changed
+            self.changed[len(self.indices)] = changed
+        self.indices.append(index)
+        self.class_of.append(-1 if new_class is None else self._class_slot(new_class))
+        slot = self._lookup.get(removed)
+        self.removed_of.append(slot if slot is not None else self._removal_slot(removed))
+
+    def _class_slot(self, cls: type) -> int:
+        slot = self._lookup.get(id(cls))
+        if slot is None:
+            slot = self._lookup[id(cls)] = len(self.classes)
+            self.classes.append(cls)
+        return slot
+
+    def _removal_slot(self, removed: tuple[str, ...]) -> int:
+        slot = self._lookup[removed] = len(self.removals)
+        self.removals.append(removed)
+        return slot
+
+    def __post_init__(self) -> None:
+        # where a class (by id) or a removal tuple sits in its table; not part of the delta
+        self._lookup: dict[Any, int] = {(): 0}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["_lookup"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lookup = {}
 
     def has_tracked_values(self, replacements: dict[int, Any]) -> bool:
         """Whether a changed value may be an object the child made (it must then tell old
@@ -69,19 +94,11 @@ class BulkMigration:
 
     def containers(self) -> list[Any]:
         """Every container this object made: all are new, whatever the collector says."""
-        made: list[Any] = [self, self.classes, self.removals, self.changed]
+        made: list[Any] = [self, self.classes, self.removals, self.changed, self._lookup]
         for values in self.changed.values():
             made.append(values)
             made.extend(v for v in values.values() if isinstance(v, FromAttr))
         return made
-
-    @staticmethod
-    def _slot(table: list[Any], item: Any) -> int:
-        for i, known in enumerate(table):
-            if known is item or (type(item) is tuple and known == item):
-                return i
-        table.append(item)
-        return len(table) - 1
 
 
 def diff_state(
