@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -307,8 +308,12 @@ def run_load(
     procs = [
         ctx.Process(target=_client_process, args=(s, ready, go, start, end, out)) for s in specs
     ]
-    for proc in procs:
-        proc.start()
+    with warnings.catch_warnings():
+        # 3.12+ warns about forking with threads (here: the server output pump). The clients
+        # run only run_client, which takes none of the locks that thread may hold.
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+        for proc in procs:
+            proc.start()
     try:
         for _ in specs:
             ready.get(timeout=60)
