@@ -106,3 +106,16 @@ def test_crashing_patch_under_load_harms_nothing(tmp_path: Path) -> None:
     assert result["run"]["summary"]["classes"]["found"] == {
         "ChMessage": 220 + result["run"]["summary"]["delivery"]["posted"]
     }
+
+
+def test_latency_summary_splits_at_the_update_seconds() -> None:
+    rows = [
+        {"second": s, "requests": 10, "mean_ms": 1.0, "max_ms": m, "errors": 0}
+        for s, m in enumerate([5.0, 6.0, 150.0, 90.0, 7.0])
+    ]
+    got = load.latency_summary(rows, {"start_s": 2.3, "end_s": 3.1}, elapsed=5.0)
+    assert got["update_max_ms"] == 150.0 and not got["latency_target_met"]
+    assert got["outside_max_ms"] == 7.0
+    assert got["requests_per_s"] == 10.0
+    no_update = load.latency_summary(rows[:2], {}, elapsed=2.0)
+    assert no_update["update_max_ms"] is None and no_update["outside_max_ms"] == 6.0
