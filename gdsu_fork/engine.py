@@ -26,7 +26,7 @@ from .child import Analysis, Job, Mode, unpack
 from .child import run as child_run
 from .commit import apply_delta
 from .errors import GdsuError, SafePointTimeout
-from .isolate import ChildResult, run_forked
+from .isolate import ChildResult, reap, run_forked
 from .patch import Patch
 from .progress import Phase, Progress, ProgressCallback
 from .report import Change, ChangeKind, Outcome, Report
@@ -103,6 +103,7 @@ class _Update:
             memory=self.child_memory,
             prepare=_child_prepare,
             on_start=lambda pid: self.emit(Phase.CHILD, f"update child {pid} started", pid=pid),
+            reap_now=mode is not Mode.COMMIT,  # the commit child exits after the pause
         )
 
     def finish(self, outcome: Outcome, reason: str | None = None) -> Report:
@@ -256,4 +257,5 @@ def update(
     except GdsuError as exc:
         return Report(Outcome.DISCARDED, reason=str(exc))
     finally:
+        reap()
         _UPDATE_LOCK.release()

@@ -12,6 +12,7 @@ import os
 import resource
 import select
 import signal
+import struct
 import sys
 import time
 import traceback
@@ -83,10 +84,24 @@ def _child_main(
             payload = _OK + work()
         except BaseException:
             payload = _FAILED + _describe_exception().encode("utf-8", "replace")
-        _write_all(write_fd, payload)
+        _write_all(write_fd, struct.pack("!Q", len(payload)) + payload)
+        # EOF now, before the exit tears down the copy of the heap: the parent needs no more
+        os.close(write_fd)
         code = 0
     finally:
         os._exit(code)
+
+
+# children that answered in full and are left to exit on their own (see run_forked)
+_UNREAPED: list[int] = []
+
+
+def reap() -> None:
+    """Collect the children `run_forked(reap_now=False)` left behind."""
+    while _UNREAPED:
+        pid = _UNREAPED.pop()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
 
 def fork_quietly() -> int:
@@ -121,12 +136,15 @@ def run_forked(
     memory: int | None = None,
     prepare: Callable[[], None] = lambda: None,
     on_start: Callable[[int], None] | None = None,
+    reap_now: bool = True,
 ) -> ChildResult:
     """Fork, run `work` in the child, and return its bytes or the reason it failed.
 
     `prepare` runs first in the child (to switch off inherited hooks); `memory` caps the child's
     growth in bytes; `on_start(pid)` lets a watcher follow the child. A child still running at
-    `timeout` seconds is killed.
+    `timeout` seconds is killed. With `reap_now` False, a child that delivered its whole answer is
+    left for `reap` to collect: its exit (unmapping a copy of a large heap) takes milliseconds
+    that a paused program should not wait for.
     """
     read_fd, write_fd = os.pipe()
     started = time.monotonic()
@@ -159,15 +177,20 @@ def run_forked(
         if timed_out:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
+    data = b"".join(chunks)
+    complete = len(data) >= 8 and struct.unpack("!Q", data[:8])[0] == len(data) - 8
+    if complete and data[8:9] == _OK and not timed_out and not reap_now:
+        _UNREAPED.append(pid)
+        return ChildResult(True, payload=data[9:], seconds=time.monotonic() - started)
+    _, status = os.waitpid(pid, 0)
     seconds = time.monotonic() - started
+    data = data[8:] if complete else b""
     if timed_out:
         return ChildResult(
             False,
             reason=f"the update child did not finish within {timeout:.1f} s and was killed",
             seconds=seconds,
         )
-    data = b"".join(chunks)
     if data[:1] == _OK and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
         return ChildResult(True, payload=data[1:], seconds=seconds)
     if data[:1] == _FAILED:
