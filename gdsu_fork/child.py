@@ -307,5 +307,6 @@ def run(job: Job, mode: Mode) -> bytes:
     environment.restore()
     decoded = delta_codec.decode(data)
     apply_delta(decoded, objects)
+    migration.env.forget_lookups()
     _validate(environment, decoded.ops, migration.env)
     return pack(analysis, data)

@@ -148,6 +148,12 @@ class Env:
         self._pairs: dict[str, list[tuple[Any, type, dict[str, Any], Any]]] = {}
         self.old_versions = OldVersions()
 
+    def forget_lookups(self) -> None:
+        """Drop cached `old`/`new` lookups: after the child applied the delta, new classes are
+        the ones decoded from it, as in the parent."""
+        self.old._cache.clear()
+        self.new._cache.clear()
+
     def removed_fields(self, cls: type) -> frozenset[str]:
         """Fields `cls` (or a base) declared before the update and not after; set per update."""
         return frozenset()

@@ -298,3 +298,17 @@ def test_layout_change_with_a_reference_in_a_running_threads_locals_is_refused(s
         thread.join(10)
     assert report.outcome == Outcome.DISCARDED
     assert "local variable 'local_item'" in report.reason
+
+
+def test_validations_see_the_classes_of_the_committed_environment(scenario):
+    scn = scenario("mig_chat")
+    message = scn.module.ChMessage("ada", scn.module.ChRoom("r"), "hi")
+    mod = scn.module_name
+    extra = SPLIT.format(mod=mod) + (
+        "@patch.validate\n"
+        "def classes_match(env):\n"
+        f"    user = env.new['{mod}:ChUserMessage']\n"
+        f"    return all(type(n) is user for o, n in env.pairs('{mod}:ChMessage'))\n"
+    )
+    committed(gdsu_fork.update(scn.patch_file(extra=extra)))
+    assert type(message) is scn.module.ChUserMessage
