@@ -157,7 +157,8 @@ class Watcher:
 
     `apply(patch_path) -> Report` runs the update (in the supervisor: the normal pipeline).
     `root` is the directory on `sys.path` when the package layout is ambiguous; `names` maps
-    files to module names that the layout cannot give (the main script is `__main__`).
+    files to module names that the layout cannot give (the main script is `__main__`), and
+    `main_module` names the module run with `python -m`, which runs as `__main__` too.
     `on_result` receives one `SaveResult` per save (default: its line on stderr).
     """
 
@@ -168,6 +169,7 @@ class Watcher:
         *,
         root: str | Path | None = None,
         names: Mapping[str | Path, str] | None = None,
+        main_module: str | None = None,
         on_result: Callable[[SaveResult], None] = _print_line,
         debounce: float = 0.003,
         patch_dir: str | Path | None = None,
@@ -180,6 +182,7 @@ class Watcher:
         self.apply = apply
         self.root = Path(root).resolve() if root is not None else None
         self.names = {Path(p).resolve(): n for p, n in (names or {}).items()}
+        self.main_module = main_module
         self.on_result = on_result
         self.debounce = debounce if _HAS_CLOSE_EVENTS else max(debounce, _QUIET_WITHOUT_CLOSE)
         self._own_patch_dir = patch_dir is None
@@ -335,11 +338,16 @@ class Watcher:
         if path in self.names:
             return self.names[path]
         if self.root is not None:
-            return module_name(PurePosixPath(path.relative_to(self.root).as_posix()), bool)
-        folder = path.parent
-        while (folder / "__init__.py").exists() and folder.parent != folder:
-            folder = folder.parent
-        return module_name(PurePosixPath(path.relative_to(folder).as_posix()), bool)
+            name = module_name(PurePosixPath(path.relative_to(self.root).as_posix()), bool)
+        else:
+            folder = path.parent
+            while (folder / "__init__.py").exists() and folder.parent != folder:
+                folder = folder.parent
+            name = module_name(PurePosixPath(path.relative_to(folder).as_posix()), bool)
+        # `python -m pkg.app` runs pkg/app.py, and `-m pkg` runs pkg/__main__.py, as __main__.
+        if self.main_module and name in (self.main_module, f"{self.main_module}.__main__"):
+            return "__main__"
+        return name
 
     def _handle(self, saved: set[Path]) -> SaveResult | None:
         self._pending |= saved

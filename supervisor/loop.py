@@ -185,6 +185,7 @@ class Supervisor:
             self.config.watch,
             apply_through(self.endpoint, curve_keys=self.config.curve_keys),
             names={script: "__main__"} if script else None,
+            main_module=self.config.program.module,
         )
         watcher.start()
         self.watcher = watcher

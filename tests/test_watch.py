@@ -336,3 +336,12 @@ def test_a_file_its_coding_cannot_decode_is_waited_on(tree, watched):
     save_in_place(tree / "pkg" / "mod.py", "X = 'ok'\n")
     assert next_result(results).committed
     assert recorder.patches == [{"pkg.mod": "X = 'ok'\n"}]
+
+
+@pytest.mark.parametrize(("main_module", "saved"), [("pkg.mod", "mod.py"), ("pkg", "__main__.py")])
+def test_the_module_run_with_python_m_is_the_main_script_too(tree, main_module, saved):
+    (tree / "pkg" / "__main__.py").write_text("print('run')\n")
+    with watching(tree, main_module=main_module) as (_, recorder, results):
+        save_in_place(tree / "pkg" / saved, "print('edited')\n")
+        assert "is the main script (__main__)" in next_result(results).line()
+    assert recorder.patches == []
