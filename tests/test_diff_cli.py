@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from apps.supervised import GREETER, Supervised
 
 from gdsu_fork.cli import main
 
@@ -85,3 +88,22 @@ def test_identical_trees_give_an_empty_patch_and_say_so(tmp_path, capsys):
     assert main(["diff", str(old), str(old), "-o", str(tmp_path / "p.py")]) == 0
     assert "no Python module changed: the patch is empty" in capsys.readouterr().err
     compile((tmp_path / "p.py").read_text(), "p.py", "exec")
+
+
+def test_a_generated_patch_updates_a_supervised_program(tmp_path):
+    """Production flow: gdsu-fork diff, then gdsu-fork update, on a program under gdsu-supervise."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    for tree, greeting in ((old, GREETER / "greeting.py"), (new, GREETER / "v2" / "greeting.py")):
+        tree.mkdir()
+        shutil.copy(greeting, tree / "greeting.py")
+    app = Supervised(tmp_path)
+    try:
+        app.wait_running()
+        assert app.get("/x") == "v1 /x"
+        made = app.cli("diff", str(old), str(new), "-o", "patch.py")
+        assert made.returncode == 0, made.stderr
+        updated = app.cli("update", "patch.py", "--name", "greeter")
+        assert updated.returncode == 0, updated.stdout + updated.stderr
+        assert app.get("/x") == "v2 /x"
+    finally:
+        app.close()
