@@ -81,11 +81,11 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close the socket and its context."""
+        """Close the sockets and their context, dropping anything unsent."""
         self.socket.disable_monitor()
-        self._monitor.close(linger=0)
-        self.socket.close(linger=0)
-        self._context.term()
+        # destroy, not term: it closes every socket of the context first, so nothing left open
+        # (the monitor's own, inside libzmq included) can make the wait for them hang.
+        self._context.destroy(linger=0)
 
     def request(
         self,
