@@ -104,9 +104,14 @@ class BulkMigration:
 def diff_state(
     old_state: dict[str, Any], new_state: dict[str, Any]
 ) -> tuple[tuple[str, ...], dict[str, Any]]:
-    """What turns `old_state` into `new_state`: names to delete, and values to set (values the
-    old state holds under another name become `FromAttr`)."""
+    """What turns `old_state` into `new_state`: names to delete, and values to set."""
     removed = tuple(k for k in old_state if k not in new_state)
+    return removed, diff_values(old_state, new_state)
+
+
+def diff_values(old_state: dict[str, Any], new_state: dict[str, Any]) -> dict[str, Any]:
+    """The values of `new_state` that differ from `old_state`'s (by identity); a value the old
+    state holds under another name becomes `FromAttr` (a renamed field travels as its name)."""
     changed: dict[str, Any] = {}
     where: dict[int, str] | None = None
     for key, value in new_state.items():
@@ -116,7 +121,7 @@ def diff_state(
             where = {id(v): k for k, v in old_state.items()}
         source = where.get(id(value))
         changed[key] = FromAttr(source) if source is not None else value
-    return removed, changed
+    return changed
 
 
 class AppliedBulk:

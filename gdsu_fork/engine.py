@@ -218,6 +218,11 @@ def _find_prior_objects(analysis: Analysis) -> list[object]:
     closures running changed nested code, and instances of affected classes."""
     if not analysis.nested and not analysis.affected:
         return []
+    if gc.get_freeze_count():
+        # The program froze objects itself, so we will not freeze: the objects listed in the
+        # pause are all the unfrozen ones, these included. (Objects the program froze are not
+        # listed by the collector and cannot be found.)
+        return []
     classes = {analysis_.resolve_qualname(*name.split(":")) for name in analysis.affected}
     affected = analysis_.subclasses_of({c for c in classes if isinstance(c, type)})
     return [

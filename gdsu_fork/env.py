@@ -169,13 +169,13 @@ class Env:
                 set_field(obj, key, value)
         return obj
 
-    def record_pair(
-        self, names: list[str], obj: Any, cls: type, state: dict[str, Any], migrated: Any
+    def record_pairs(
+        self, names: list[str], entries: list[tuple[Any, type, dict[str, Any], Any]]
     ) -> None:
-        """Remember one migrated instance under each class name it answers to."""
-        entry = (obj, cls, state, migrated)
+        """Remember migrated instances — (instance, old class, old state, migrated object) —
+        under each class name they answer to."""
         for name in names:
-            self._pairs.setdefault(name, []).append(entry)
+            self._pairs.setdefault(name, []).extend(entries)
 
     def pairs(self, name: str) -> list[tuple[Any, Any]]:
         """(old snapshot, migrated instance) for every migrated instance of class `name`.

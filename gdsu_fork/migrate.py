@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .analysis import subclasses_of
-from .bulk import BulkMigration, diff_state
+from .bulk import BulkMigration, diff_state, diff_values
 from .delta import OpKind
 from .env import Env, blank, slot_names
 from .errors import UpdateRefused, short_repr
@@ -33,16 +33,22 @@ class _Draft:
     """Collects the fields of a tuple-based instance (a NamedTuple), built once they are known."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class _ClassPlan:
+    """How instances of one live class migrate; computed once per class."""
+
     cls: type
-    target: type
+    target: type  # the new version of `cls` (or `cls` itself)
     policy: Any
     dropped: frozenset[str]
     plain: bool  # instances keep their fields in __dict__ only
     target_plain: bool
-    names: list[str]
+    names: list[str]  # "module:qualname" of the classes env.pairs answers for
     removed_as: str | None
+    fast: bool  # plain in and out, same layout: the inlined path of Migration.migrate
+    same_as: type  # a result of this class keeps the instance's class (after the commit)
+    checked: set[type] = dataclasses.field(default_factory=set)  # result classes found valid
+    pairs: list[tuple[Any, type, dict[str, Any], Any]] = dataclasses.field(default_factory=list)
 
 
 class Migration:
@@ -106,7 +112,12 @@ class Migration:
         }
 
     def migrate(self, objects: list[Any]) -> None:
-        """Migrate every affected instance among `objects`; raise to refuse the update."""
+        """Migrate every affected instance among `objects`; raise to refuse the update.
+
+        `objects` holds no duplicates (the engine's walk and the objects made since are
+        disjoint). The loop is the hot path of a large migration: plain instances (a
+        `__dict__`, no slots, same layout) take an inlined path straight into the bulk delta.
+        """
         affected = self.affected_classes()
         if not affected:
             return
@@ -115,34 +126,80 @@ class Migration:
             if pair.layout_changed:
                 self.rewrites.become(pair.old, pair.new, strict=False)
         plans: dict[type, _ClassPlan] = {}
-        checked: set[tuple[type, type]] = set()
-        seen: set[int] = set()
+        env, bulk, replacements, keep = (
+            self.env,
+            self.bulk,
+            self.merge.replacements,
+            self.merge.keep,
+        )
         for index, obj in enumerate(objects):
-            plan = plans.get(type(obj))
+            cls = type(obj)
+            plan = plans.get(cls)
             if plan is None:
-                if type(obj) not in affected:
+                if cls not in affected:
                     continue
-                plan = plans[type(obj)] = self._plan(type(obj))
-            if id(obj) in seen:
+                plan = plans[cls] = self._plan(cls)
+            if not plan.fast:
+                self._migrate_one(index, obj, plan)
                 continue
-            seen.add(id(obj))
-            old_state = dict(obj.__dict__) if plan.plain else state_of(obj)
-            new = None if plan.removed_as is not None else self._by_name(plan, old_state)
+            old_state = obj.__dict__
+            new = plan.target.__new__(plan.target)
+            dropped = plan.dropped
+            new.__dict__.update(
+                {k: v for k, v in old_state.items() if k not in dropped} if dropped else old_state
+            )
             try:
-                result = plan.policy(obj, new, self.env) if plan.policy is not None else new
+                result = plan.policy(obj, new, env) if plan.policy is not None else new
             except Exception as exc:
                 exc.add_note(
-                    f"while migrating instance #{self.count + 1} of {qualified(plan.cls)}: {short_repr(obj)}"
+                    f"while migrating {qualified(cls)} instance #{self.count + 1}: {short_repr(obj)}"
                 )
                 raise
-            if isinstance(result, _Draft):
-                result = plan.target(**vars(result))
-            if (type(result), plan.cls) not in checked:
-                self._check_result(obj, result, plan.policy)
-                checked.add((type(result), plan.cls))
-            migrated = self._record(index, obj, plan, result)
-            self.env.record_pair(plan.names, obj, plan.cls, old_state, migrated)
+            result_class = type(result)
+            if result_class not in plan.checked:
+                self._check_result(obj, result, plan)
+            result_state = getattr(result, "__dict__", None)
+            if result_state is None:  # e.g. a slotted class of the new version
+                plan.pairs.append(
+                    (obj, cls, dict(old_state), self._record(index, obj, plan, result))
+                )
+                self.count += 1
+                continue
+            if result is not obj:
+                replacements[id(result)] = obj
+                keep.append(result)
+            removed = (
+                ()
+                if old_state.keys() <= result_state.keys()
+                else tuple(k for k in old_state if k not in result_state)
+            )
+            changed = diff_values(old_state, result_state)
+            bulk.add(
+                index, None if result_class is plan.same_as else result_class, removed, changed
+            )
+            plan.pairs.append((obj, cls, dict(old_state), obj))
             self.count += 1
+        for plan in plans.values():
+            env.record_pairs(plan.names, plan.pairs)
+
+    def _migrate_one(self, index: int, obj: Any, plan: _ClassPlan) -> None:
+        """The general path: slots, named tuples, layout changes, removed classes."""
+        old_state = state_of(obj)
+        new = None if plan.removed_as is not None else self._by_name(plan, old_state)
+        try:
+            result = plan.policy(obj, new, self.env) if plan.policy is not None else new
+        except Exception as exc:
+            exc.add_note(
+                f"while migrating {qualified(plan.cls)} instance #{self.count + 1}: {short_repr(obj)}"
+            )
+            raise
+        if isinstance(result, _Draft):
+            result = plan.target(**vars(result))
+        if type(result) not in plan.checked:
+            self._check_result(obj, result, plan)
+        migrated = self._record(index, obj, plan, result)
+        plan.pairs.append((obj, plan.cls, old_state, migrated))
+        self.count += 1
 
     def _plan(self, cls: type) -> _ClassPlan:
         """Everything about migrating instances of `cls` that does not depend on the instance."""
@@ -157,15 +214,19 @@ class Migration:
             raise UpdateRefused(msg)
         self.env.old_versions.of(cls)  # copy its code now: the commit changes it in place
         target = self.new_of.get(cls, cls)
+        plain = not slot_names(cls) and not issubclass(cls, tuple) and hasattr(cls, "__dict__")
+        target_plain = not slot_names(target) and not issubclass(target, tuple)
         return _ClassPlan(
             cls=cls,
             target=target,
             policy=policy,
             dropped=self.removed_fields(cls),
-            plain=not slot_names(cls) and not issubclass(cls, tuple) and hasattr(cls, "__dict__"),
-            target_plain=not slot_names(target) and not issubclass(target, tuple),
+            plain=plain,
+            target_plain=target_plain,
             names=[qualified(b) for b in cls.__mro__ if b.__module__ in self.modules],
             removed_as=removed.get(cls),
+            fast=plain and target_plain and cls not in self.relaid and cls not in removed,
+            same_as=target if self.merge.replacements.get(id(target), target) is cls else cls,
         )
 
     def _by_name(self, plan: _ClassPlan, old_state: dict[str, Any]) -> Any:
@@ -182,7 +243,8 @@ class Migration:
                 set_field(draft, key, value)
         return draft
 
-    def _check_result(self, obj: Any, result: Any, policy: Any) -> None:
+    def _check_result(self, obj: Any, result: Any, plan: _ClassPlan) -> None:
+        policy = plan.policy
         cls = type(result)
         if isinstance(
             result, type | types.ModuleType | types.FunctionType
@@ -193,6 +255,7 @@ class Migration:
                 f"the patched modules ({', '.join(sorted(self.modules))})"
             )
             raise UpdateRefused(msg)
+        plan.checked.add(cls)
 
     def _check_relaid_subclasses(self, affected: set[type]) -> None:
         for cls in affected:
