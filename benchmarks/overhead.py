@@ -3,7 +3,8 @@
 Runs alternate (plain, supervised / supervised, plain, ...) so that drift of the machine hits
 both sides alike; each pair gives a ratio supervised / plain, and the result is the median of
 the ratios (target: >= 0.99). Each run starts a fresh server, seeds it and loads it with ten
-keep-alive clients. Writes benchmarks/results/<name>.json and .png and prints a table.
+keep-alive clients. Beside throughput, which moves with whatever else the machine runs, it
+records the CPU time of the server's processes (the supervisor's included) per request. Writes benchmarks/results/<name>.json and .png and prints a table.
 
     python benchmarks/overhead.py            # 7 pairs of 15 s runs
     python benchmarks/overhead.py --quick    # 5 pairs of 2 s runs
@@ -12,6 +13,8 @@ keep-alive clients. Writes benchmarks/results/<name>.json and .png and prints a 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import statistics
 import sys
@@ -19,13 +22,39 @@ from pathlib import Path
 from typing import Any
 
 import chatbench as cb
+import psutil
 
 
-def throughput(*, supervised: bool, duration: float, clients: int, messages: int) -> float:
-    """Requests per second of one fresh server over `duration` s of load."""
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    """One run: requests per second, and CPU time of the server's processes per request."""
+
+    rps: float
+    cpu_us_per_request: float
+
+
+def _cpu_seconds(root: psutil.Process) -> float:
+    """User + system CPU time of `root` and its descendants (the supervisor and the app)."""
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def measure(*, supervised: bool, duration: float, clients: int, messages: int) -> Measured:
+    """Throughput and CPU cost of one fresh server over `duration` s of load.
+
+    Throughput depends on what else the machine runs; CPU per request much less so, and it
+    counts the supervisor's own work too.
+    """
     with cb.open_server(supervised=supervised) as server:
         cb.prepare(server.url, messages)
+        root = psutil.Process(server.pid)
+        cpu_before = _cpu_seconds(root)
         results, elapsed = cb.run_load(server.url, clients=clients, duration=duration)
+        cpu = _cpu_seconds(root) - cpu_before
     rows = cb.per_second(results)
     errors = sum(r["errors"] for r in rows)
     if errors:
@@ -33,7 +62,8 @@ def throughput(*, supervised: bool, duration: float, clients: int, messages: int
         kind = "supervised" if supervised else "plain"
         msg = f"{errors} failed request(s) in a {kind} run: {samples}"
         raise RuntimeError(msg)
-    return sum(r["requests"] for r in rows) / elapsed
+    requests = sum(r["requests"] for r in rows)
+    return Measured(requests / elapsed, 1e6 * cpu / requests)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -43,7 +73,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # Alternate which side goes first, so warm-up or drift does not favour one.
         order = (False, True) if i % 2 == 0 else (True, False)
         measured = {
-            supervised: throughput(
+            supervised: measure(
                 supervised=supervised,
                 duration=args.duration,
                 clients=args.clients,
@@ -56,14 +86,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             {
                 "pair": i + 1,
                 "first": "supervised" if order[0] else "plain",
-                "plain_rps": round(plain, 1),
-                "supervised_rps": round(supervised, 1),
-                "ratio": round(supervised / plain, 4),
+                "plain_rps": round(plain.rps, 1),
+                "supervised_rps": round(supervised.rps, 1),
+                "ratio": round(supervised.rps / plain.rps, 4),
+                "plain_cpu_us": round(plain.cpu_us_per_request, 2),
+                "supervised_cpu_us": round(supervised.cpu_us_per_request, 2),
+                # > 1 when supervision makes each request cheaper; the inverse CPU cost ratio
+                "cpu_ratio": round(plain.cpu_us_per_request / supervised.cpu_us_per_request, 4),
             }
         )
-        print(f"pair {i + 1}: plain {plain:.0f}/s, supervised {supervised:.0f}/s", flush=True)
+        print(
+            f"pair {i + 1}: plain {plain.rps:.0f}/s, supervised {supervised.rps:.0f}/s", flush=True
+        )
     ratios = [p["ratio"] for p in pairs]
     median = statistics.median(ratios)
+    cpu_ratios = [p["cpu_ratio"] for p in pairs]
     return {
         "benchmark": "overhead",
         "config": {
@@ -78,6 +115,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "median_ratio": round(median, 4),
             "min_ratio": min(ratios),
             "max_ratio": max(ratios),
+            "median_cpu_ratio": round(statistics.median(cpu_ratios), 4),
+            "min_cpu_ratio": min(cpu_ratios),
+            "max_cpu_ratio": max(cpu_ratios),
             "target": 0.99,
             "ok": median >= 0.99,
         },
