@@ -179,6 +179,12 @@ class _Update:
     def run_commit_child(self, pause_started: float) -> Report:
         # Invariant until the commit ends: nothing that existed at the fork is released here,
         # since the delta may name it by address.
+        expected = self.report.migrated  # as found by the rehearsal (or the analysis: 0)
+        self.emit(
+            Phase.MIGRATING,
+            f"building the new environment: {expected} instance(s) to migrate, then validations",
+            instances=expected,
+        )
         result = self.fork(Mode.COMMIT)
         objects = [*self.job.prior_objects, *(self.job.young or ())]
         self.report.timings["child"] = _ms(result.seconds)
@@ -253,7 +259,10 @@ def update(
 
     Callable from any thread. Never raises for a failed update: the report says "discarded"
     (the new environment failed: nothing changed) or "aborted" (no safe point in `timeout`
-    seconds), with the reason.
+    seconds), with the reason. `timeout` bounds each wait separately: the rehearsal child, the
+    wait for a safe point, and the child that builds the new environment in the pause.
+    `progress` receives `Progress` events as the update goes; `child_memory` caps how many bytes
+    an update child may add to its copy of the program (default: the memory available).
     """
     if not _UPDATE_LOCK.acquire(timeout=timeout):
         return Report(Outcome.ABORTED, reason=f"another update was still running after {timeout} s")
