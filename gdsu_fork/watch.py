@@ -489,7 +489,9 @@ def apply_through(
 
     def apply(patch_path: Path) -> Report:
         bundle = bundle_patch(patch_path)
-        request = protocol.Update(new_id(), bundle, timeout=timeout, rehearse=rehearse, wait=True)
+        request = protocol.Update(
+            new_id(), bundle, timeout=timeout, rehearse=rehearse, wait=True, source="watch"
+        )
         with Client(endpoint, curve_keys=curve_keys) as client:
             reply = client.request(request, idle_timeout=4 * timeout + 90.0)
         if isinstance(reply, protocol.Error):

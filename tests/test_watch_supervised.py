@@ -78,7 +78,7 @@ def test_saves_apply_live_and_a_bad_save_keeps_the_last_good_version(app):
     save(greeting, 'def greet(path):\n    return "v4 " + path\n')
     wait_for(lambda: supervised.get("/x") == "v4 /x", DEADLINE, "the next good save to apply")
     journal = supervised.cli("history", "--name", "greeter", "--json").stdout
-    assert journal.count('"source": "client"') >= 3, journal
+    assert journal.count('"source": "watch"') >= 3, journal
 
 
 def test_after_a_restart_saves_apply_on_top_of_the_files_on_disk(tmp_path):
