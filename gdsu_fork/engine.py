@@ -101,7 +101,7 @@ class _Update:
             lambda: child_run(self.job, mode),
             timeout=self.timeout,
             memory=self.child_memory,
-            prepare=_child_prepare,
+            fork=safepoint.quiet_fork,
             on_start=lambda pid: self.emit(Phase.CHILD, f"update child {pid} started", pid=pid),
             reap_now=mode is not Mode.COMMIT,  # the commit child exits after the pause
         )
@@ -210,13 +210,6 @@ class _Update:
         self.report.timings["commit"] = _ms(now - commit_started)
         self.report.timings["pause"] = _ms(now - pause_started)
         return self.finish(Outcome.COMMITTED)
-
-
-def _child_prepare() -> None:
-    """First thing in every update child: switch off hooks inherited from a pause."""
-    release = getattr(safepoint, "release_in_child", None)
-    if release is not None:
-        release()
 
 
 def _find_prior_objects(analysis: Analysis) -> list[object]:

@@ -16,7 +16,6 @@ import struct
 import sys
 import time
 import traceback
-import warnings
 from collections.abc import Callable
 
 from .errors import GdsuError
@@ -72,12 +71,9 @@ def _describe_exception() -> str:
     return "".join(summary.format()).rstrip()
 
 
-def _child_main(
-    write_fd: int, work: Callable[[], bytes], prepare: Callable[[], None], memory: int | None
-) -> None:
+def _child_main(write_fd: int, work: Callable[[], bytes], memory: int | None) -> None:
     code = 1
     try:
-        prepare()
         if memory is not None:
             _cap_memory(memory)
         try:
@@ -104,17 +100,6 @@ def reap() -> None:
             os.waitpid(pid, 0)
 
 
-def fork_quietly() -> int:
-    """os.fork without 3.12's warning about forking a multi-threaded process.
-
-    The warning machinery runs Python code (filters, showwarning) and would do so in the middle of
-    a pause; we know the child only runs our own single thread.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return os.fork()
-
-
 def _describe_exit(status: int, seconds: float) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -134,24 +119,24 @@ def run_forked(
     *,
     timeout: float,
     memory: int | None = None,
-    prepare: Callable[[], None] = lambda: None,
+    fork: Callable[[], int] = os.fork,
     on_start: Callable[[int], None] | None = None,
     reap_now: bool = True,
 ) -> ChildResult:
     """Fork, run `work` in the child, and return its bytes or the reason it failed.
 
-    `prepare` runs first in the child (to switch off inherited hooks); `memory` caps the child's
-    growth in bytes; `on_start(pid)` lets a watcher follow the child. A child still running at
+    `fork` makes the child (the engine's switches off hooks inherited from a pause); `memory`
+    caps the child's growth in bytes; `on_start(pid)` lets a watcher follow the child. A child still running at
     `timeout` seconds is killed. With `reap_now` False, a child that delivered its whole answer is
     left for `reap` to collect: its exit (unmapping a copy of a large heap) takes milliseconds
     that a paused program should not wait for.
     """
     read_fd, write_fd = os.pipe()
     started = time.monotonic()
-    pid = fork_quietly()
+    pid = fork()
     if pid == 0:
         os.close(read_fd)
-        _child_main(write_fd, work, prepare, memory)
+        _child_main(write_fd, work, memory)
     os.close(write_fd)
     if on_start is not None:
         with contextlib.suppress(Exception):
