@@ -31,16 +31,19 @@ class Measured:
 
     rps: float
     cpu_us_per_request: float
+    supervisor_cpu_us_per_request: float  # the supervisor process's share (0 when plain)
 
 
-def _cpu_seconds(root: psutil.Process) -> float:
-    """User + system CPU time of `root` and its descendants (the supervisor and the app)."""
-    total = 0.0
+def _cpu_seconds(root: psutil.Process) -> tuple[float, float]:
+    """User + system CPU time of `root` alone, and of `root` with all its descendants."""
+    own = total = 0.0
     for proc in [root, *root.children(recursive=True)]:
         with contextlib.suppress(psutil.NoSuchProcess):
             times = proc.cpu_times()
             total += times.user + times.system
-    return total
+            if proc.pid == root.pid:
+                own = times.user + times.system
+    return own, total
 
 
 def measure(*, supervised: bool, duration: float, clients: int, messages: int) -> Measured:
@@ -52,9 +55,9 @@ def measure(*, supervised: bool, duration: float, clients: int, messages: int) -
     with cb.open_server(supervised=supervised) as server:
         cb.prepare(server.url, messages)
         root = psutil.Process(server.pid)
-        cpu_before = _cpu_seconds(root)
+        own_before, cpu_before = _cpu_seconds(root)
         results, elapsed = cb.run_load(server.url, clients=clients, duration=duration)
-        cpu = _cpu_seconds(root) - cpu_before
+        own_after, cpu_after = _cpu_seconds(root)
     rows = cb.per_second(results)
     errors = sum(r["errors"] for r in rows)
     if errors:
@@ -63,7 +66,10 @@ def measure(*, supervised: bool, duration: float, clients: int, messages: int) -
         msg = f"{errors} failed request(s) in a {kind} run: {samples}"
         raise RuntimeError(msg)
     requests = sum(r["requests"] for r in rows)
-    return Measured(requests / elapsed, 1e6 * cpu / requests)
+    supervisor = own_after - own_before if supervised else 0.0
+    return Measured(
+        requests / elapsed, 1e6 * (cpu_after - cpu_before) / requests, 1e6 * supervisor / requests
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -91,6 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "ratio": round(supervised.rps / plain.rps, 4),
                 "plain_cpu_us": round(plain.cpu_us_per_request, 2),
                 "supervised_cpu_us": round(supervised.cpu_us_per_request, 2),
+                "supervisor_cpu_us": round(supervised.supervisor_cpu_us_per_request, 2),
                 # > 1 when supervision makes each request cheaper; the inverse CPU cost ratio
                 "cpu_ratio": round(plain.cpu_us_per_request / supervised.cpu_us_per_request, 4),
             }
