@@ -119,3 +119,20 @@ def test_latency_summary_splits_at_the_update_seconds() -> None:
     assert got["requests_per_s"] == 10.0
     no_update = load.latency_summary(rows[:2], {}, elapsed=2.0)
     assert no_update["update_max_ms"] is None and no_update["outside_max_ms"] == 6.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(cb.supervisor_command() is None, reason="gdsu-supervise is not installed")
+def test_update_under_full_load_migrates_every_message(tmp_path: Path) -> None:
+    # Unpaced clients create messages all the time, also while the engine looks for the live
+    # instances to migrate: every one of them must end up a ChUserMessage or ChInfoMessage.
+    command = [sys.executable, str(BENCH_DIR / "load.py"), "--duration", "3"]
+    command += ["--update-at", "1.5", "--messages", "500", "--results", str(tmp_path)]
+    command += ["--name", "full"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    data = json.loads((tmp_path / "full.json").read_text())
+    summary, report = data["summary"], data["update"]["report"]
+    assert report["outcome"] == "committed", report.get("reason")
+    assert summary["classes"]["ok"], (summary["classes"], report["timings"])
+    assert summary["errors"] == 0 and summary["delivery"]["lost"] == 0
+    assert done.returncode == 0, done.stderr[-2000:]
