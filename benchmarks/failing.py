@@ -116,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         duration=args.duration, update_at=args.update_at, messages=args.messages, rate=args.rate
     )
     chosen = [s for s in SCENARIOS if not args.scenario or s.name in args.scenario]
-    results = []
+    results: list[dict[str, Any]] = []
     for scenario in chosen:
         results.append(run_scenario(scenario, base))
         print(f"{scenario.name}: {results[-1]['row']['outcome']}", flush=True)
-    data = {
+    data: dict[str, Any] = {
         "benchmark": "failing",
         "config": {
             "duration_s": args.duration,

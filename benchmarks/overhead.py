@@ -74,7 +74,9 @@ def measure(*, supervised: bool, duration: float, clients: int, messages: int) -
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """All pairs, interleaved; the median ratio."""
-    pairs = []
+    pairs: list[dict[str, Any]] = []
+    ratios: list[float] = []
+    cpu_ratios: list[float] = []
     for i in range(args.pairs):
         # Alternate which side goes first, so warm-up or drift does not favour one.
         order = (False, True) if i % 2 == 0 else (True, False)
@@ -88,26 +90,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for supervised in order
         }
         plain, supervised = measured[False], measured[True]
+        ratios.append(round(supervised.rps / plain.rps, 4))
+        # > 1 when supervision makes each request cheaper: the inverse CPU cost ratio
+        cpu_ratios.append(round(plain.cpu_us_per_request / supervised.cpu_us_per_request, 4))
         pairs.append(
             {
                 "pair": i + 1,
                 "first": "supervised" if order[0] else "plain",
                 "plain_rps": round(plain.rps, 1),
                 "supervised_rps": round(supervised.rps, 1),
-                "ratio": round(supervised.rps / plain.rps, 4),
+                "ratio": ratios[-1],
                 "plain_cpu_us": round(plain.cpu_us_per_request, 2),
                 "supervised_cpu_us": round(supervised.cpu_us_per_request, 2),
                 "supervisor_cpu_us": round(supervised.supervisor_cpu_us_per_request, 2),
-                # > 1 when supervision makes each request cheaper; the inverse CPU cost ratio
-                "cpu_ratio": round(plain.cpu_us_per_request / supervised.cpu_us_per_request, 4),
+                "cpu_ratio": cpu_ratios[-1],
             }
         )
         print(
             f"pair {i + 1}: plain {plain.rps:.0f}/s, supervised {supervised.rps:.0f}/s", flush=True
         )
-    ratios = [p["ratio"] for p in pairs]
     median = statistics.median(ratios)
-    cpu_ratios = [p["cpu_ratio"] for p in pairs]
     return {
         "benchmark": "overhead",
         "config": {

@@ -85,7 +85,7 @@ class Connection:
         still writing.
         """
         calls = list(calls)
-        responses = []
+        responses: list[Response] = []
         for start in range(0, len(calls), batch):
             chunk = calls[start : start + batch]
             self._sock.sendall(b"".join(c.encode(self.host) for c in chunk))
