@@ -17,6 +17,7 @@ import linecache
 import struct
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
 from . import delta as delta_codec
@@ -96,6 +97,26 @@ def unpack(data: bytes) -> tuple[Analysis, bytes]:
     return analysis, data[4 + size :]
 
 
+def _is_main_guard(node: ast.stmt) -> bool:
+    """`if __name__ == "__main__":` (either way round)."""
+    if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare):
+        return False
+    test = node.test
+    if len(test.ops) != 1 or not isinstance(test.ops[0], ast.Eq):
+        return False
+    sides = [test.left, test.comparators[0]]
+    names = [s for s in sides if isinstance(s, ast.Name) and s.id == "__name__"]
+    mains = [s for s in sides if isinstance(s, ast.Constant) and s.value == "__main__"]
+    return len(names) == 1 and len(mains) == 1
+
+
+def _without_main_block(tree: ast.Module) -> ast.Module:
+    """The module without its `if __name__ == "__main__":` blocks: re-executing the main
+    module's source must define its new functions, not start the program a second time."""
+    tree.body = [node for node in tree.body if not _is_main_guard(node)]
+    return tree
+
+
 class NewEnvironment:
     """Builds the new version of every module a patch touches, in this (child) process."""
 
@@ -106,7 +127,7 @@ class NewEnvironment:
         self.new_modules: list[types.ModuleType] = []
         self.new_trees: dict[str, ast.Module] = {}
 
-    def build(self, functions: list[types.FunctionType]) -> None:
+    def build(self, functions: Callable[[], list[types.FunctionType]]) -> None:
         """Execute and merge every touched module, then the global migrations and closures."""
         for name in self.patch.touched_modules():
             module = sys.modules.get(name)
@@ -151,9 +172,11 @@ class NewEnvironment:
             old_source = ""
         new_source = self._new_source(name, old_source)
         filename = source_filename(module, name)
-        old_tree = ast.parse(old_source)
-        new_tree = ast.parse(new_source, filename)
+        old_tree = _without_main_block(ast.parse(old_source))
+        new_tree = _without_main_block(ast.parse(new_source, filename))
         code = compile(new_tree, filename, "exec", dont_inherit=True)
+        # tracebacks of the new top level (here, in the child) must show the new lines
+        linecache.cache[filename] = linecache_entry(filename, new_source)
         namespace = module.__dict__
         snapshot = dict(namespace)
         self.snapshots[name] = snapshot
@@ -206,11 +229,11 @@ class NewEnvironment:
             module.__dict__[key] = value
             self.merge.op(OpKind.SETITEM, module.__dict__, key, value)
 
-    def _update_closures(self, functions: list[types.FunctionType]) -> None:
+    def _update_closures(self, functions: Callable[[], list[types.FunctionType]]) -> None:
         nested = self.merge.nested
         if not nested:
             return
-        for fn in functions:
+        for fn in functions():
             new_code = nested.get(fn.__code__)
             if new_code is None:
                 continue
@@ -271,17 +294,48 @@ def _validate(environment: NewEnvironment, ops: list[Op], env: Env) -> None:
     run_validations("patch", environment.patch.validations, env)
 
 
+class _Heap:
+    """The program's objects as the child needs them, listed only if it needs them.
+
+    In a pause the parent lists them (`job.prior_objects` from its walk, `job.young` made
+    since), so that both sides index the same list. In a rehearsal nothing is listed unless the
+    update migrates instances or live closures: then the whole heap is walked once, in the
+    child, while the program runs on. A code-only rehearsal costs no walk.
+    """
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self._objects: list[Any] | None = None
+        self.made_here: set[int] = set()  # objects this child made before walking the heap
+
+    def objects(self) -> list[Any]:
+        if self._objects is None:
+            if self.job.young is not None:
+                self._objects = [*self.job.prior_objects, *self.job.young]
+            else:
+                # Everything old is in the permanent generation, which gc.get_objects() skips:
+                # bring it back for one listing, and keep apart what this child made.
+                self.made_here = delta_codec.young_object_ids()
+                gc.unfreeze()
+                listed = gc.get_objects()
+                gc.freeze()
+                made = self.made_here
+                self._objects = [o for o in listed if id(o) not in made]
+        return self._objects
+
+    def functions(self) -> list[types.FunctionType]:
+        return [o for o in self.objects() if type(o) is types.FunctionType]
+
+
 def run(job: Job, mode: Mode) -> bytes:
     """The child's whole work; returns what `unpack` reads. Raises on any failure."""
-    # In a pause the parent has gc.freeze()-d after finding `prior_objects`, and listed the
-    # objects made since in `job.young`; in a rehearsal the whole heap is listed here.
-    objects = [*job.prior_objects, *(job.young if job.young is not None else gc.get_objects())]
     gc.freeze()  # from here on, gc.get_objects() lists only what this child creates
     # A short-lived process: collections would only re-traverse what it creates, ever more often.
     gc.disable()
+    heap = _Heap(job)
     patch = job.patch if isinstance(job.patch, Patch) else load_patch(job.patch)
     environment = NewEnvironment(patch)
-    environment.build([o for o in objects if type(o) is types.FunctionType])
+    environment.build(heap.functions)
     merge = environment.merge
     rewrites = Rewrites(merge)
     migration = Migration(patch, merge, environment.env(), environment.snapshots, rewrites)
@@ -289,16 +343,18 @@ def run(job: Job, mode: Mode) -> bytes:
     analysis.affected = sorted(qualified(c) for c in migration.affected_classes())
     if mode is Mode.ANALYSE:
         return pack(analysis)
-    new_ids = delta_codec.young_object_ids()  # what building the new environment made
+    objects = heap.objects() if analysis.affected else []
+    new_ids = delta_codec.young_object_ids() | heap.made_here  # what building it made
     ops_before = len(merge.ops)
     migration.migrate(objects)
     analysis.migrated = migration.count
     bulk = migration.bulk
     if rewrites.pairs or len(merge.ops) > ops_before or bulk.has_tracked_values(merge.replacements):
-        new_ids = delta_codec.young_object_ids()  # migrations made values the delta carries
+        # migrations made values the delta carries
+        new_ids = delta_codec.young_object_ids() | heap.made_here
     else:
         new_ids |= {id(c) for c in bulk.containers()}
-    # `objects` was made before the freeze, so it looks old; the job's lists are the engine's
+    # the heap's list and the job's lists are the engine's: never rewrite inside them
     engine_lists = {id(objects), id(job.prior_objects), id(job.young), id(job.frames)}
     rewrites.plan(new_ids | engine_lists, job.frames)
     environment.refuse_if_needed()

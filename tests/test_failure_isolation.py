@@ -164,3 +164,11 @@ def test_patch_code_never_runs_in_the_program(scenario, tmp_path, rehearse):
     assert set(lines[0::2]) == {"top", "validate", "global"}
     assert os.getpid() not in pids
     assert len(pids) == 2  # the rehearsal (or analysis) child and the commit child
+
+
+def test_traceback_of_a_failing_new_top_level_shows_the_new_line(basic):
+    source = basic.source("v2").read_text() + "\nraise RuntimeError('boom at import')\n"
+    patch = gdsu_fork.Patch("raises")
+    patch.module(basic.module_name, source)
+    report = gdsu_fork.update(patch)
+    assert "raise RuntimeError('boom at import')" in report.reason

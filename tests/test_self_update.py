@@ -133,3 +133,31 @@ def test_standard_library_queue_updated_while_threads_use_it(tmp_path):
     assert lines[1] == "counted [True, True, True] ['Queue', 'LifoQueue', 'PriorityQueue']"
     assert lines[2] == "still moving True"
     assert lines[3] == "fresh queue 0"
+
+
+MAIN_UPDATE = """
+import sys
+import gdsu_fork
+
+STARTS = []
+
+
+def greet():
+    return "v1"
+
+
+if __name__ == "__main__":
+    STARTS.append(1)
+    print("started", len(STARTS))
+    source = open(__file__).read().replace('return "v1"', 'return "v2"')
+    patch = gdsu_fork.Patch("main")
+    patch.module("__main__", source)
+    report = gdsu_fork.update(patch)
+    print("update", report.outcome, report.reason)
+    print("greet", greet(), len(STARTS))
+"""
+
+
+def test_updating_the_main_module_does_not_start_the_program_again(tmp_path):
+    lines = run_program(tmp_path, MAIN_UPDATE)
+    assert lines == ["started 1", "update committed None", "greet v2 1"]
