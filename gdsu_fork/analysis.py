@@ -166,11 +166,6 @@ def resolve_qualname(module: str, qualname: str) -> Any:
     return obj
 
 
-def live_closures(codes: set[types.CodeType], objects: list[Any]) -> list[types.FunctionType]:
-    """The functions among `objects` that run one of `codes` (closures made at run time)."""
-    return [o for o in objects if type(o) is types.FunctionType and o.__code__ in codes]
-
-
 def _self_attribute(node: ast.AST, self_name: str) -> str | None:
     if (
         isinstance(node, ast.Attribute)
@@ -251,8 +246,3 @@ def subclasses_of(classes: set[type]) -> set[type]:
         except TypeError:
             continue
     return found
-
-
-def instances_of(classes: set[type], objects: list[Any]) -> list[Any]:
-    """Objects among `objects` whose exact type is one of `classes`."""
-    return [o for o in objects if type(o) in classes]

@@ -151,15 +151,11 @@ class NewEnvironment:
             reasons = "\n".join(self.merge.refusals)
             raise UpdateRefused(f"the update cannot keep identities:\n{reasons}")
 
-    def _new_source(self, name: str, old_source: str | None) -> str:
+    def _new_source(self, name: str, old_source: str) -> str:
+        """The module's whole new source: given, or the old one with definitions spliced in."""
         definitions_ = [d for d in self.patch.definitions if d.target.module == name]
         removals = [r for r in self.patch.removals if r.module == name]
-        if name in self.patch.modules:
-            base = self.patch.modules[name].source
-        elif old_source is not None:
-            base = old_source
-        else:  # pragma: no cover - current_source raised already
-            raise AssertionError(name)
+        base = self.patch.modules[name].source if name in self.patch.modules else old_source
         return splice(base, name, definitions_, removals) if definitions_ or removals else base
 
     def _update_module(self, module: types.ModuleType) -> None:
@@ -194,7 +190,7 @@ class NewEnvironment:
             msg = f"the patch adds module {name}, but its package {parent_name} is not imported"
             raise PatchError(msg)
         origin = self.patch.modules[name].origin
-        source = self._new_source(name, None)
+        source = self._new_source(name, "")
         module = types.ModuleType(name)
         filename = origin if origin.endswith(".py") else f"<gdsu:{name}>"
         module.__file__ = filename
