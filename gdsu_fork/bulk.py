@@ -127,41 +127,44 @@ def diff_values(old_state: dict[str, Any], new_state: dict[str, Any]) -> dict[st
 class AppliedBulk:
     """What `apply_bulk` did, so it can be undone if a later step of the commit fails."""
 
-    def __init__(self, targets: list[Any], classes: list[type], states: dict[int, dict[str, Any]]):
+    def __init__(self, targets: list[Any], classes: list[type]) -> None:
         self.targets = targets
         self.classes = classes
-        self.states = states
+        self.namespaces: dict[int, dict[str, Any]] = {}  # position -> the replaced __dict__
 
     def undo(self) -> None:
         for target, cls in zip(self.targets, self.classes, strict=True):
             if type(target) is not cls:
                 object.__setattr__(target, "__class__", cls)
-        for position, state in self.states.items():
-            namespace = self.targets[position].__dict__
-            namespace.clear()
-            namespace.update(state)
+        for position, namespace in self.namespaces.items():
+            object.__setattr__(self.targets[position], "__dict__", namespace)
 
 
 def apply_bulk(bulk: BulkMigration, objects: list[Any]) -> AppliedBulk:
-    """Migrate the instances in place (parent and child alike); undone on an exception."""
+    """Migrate the instances in place (parent and child alike); undone on an exception.
+
+    A changed state goes in as a new `__dict__`: the old one stays intact, for the undo and, in
+    the child, as the old side of `env.pairs`.
+    """
     targets = [objects[i] for i in bulk.indices]
-    old_classes = list(map(type, targets))
-    touched = {p for p, r in enumerate(bulk.removed_of) if r} | set(bulk.changed)
-    saved = {p: dict(targets[p].__dict__) for p in touched}
-    applied = AppliedBulk(targets, old_classes, saved)
+    applied = AppliedBulk(targets, list(map(type, targets)))
+    class_of = bulk.class_of
     try:
         for slot, cls in enumerate(bulk.classes):
-            group = [t for t, c in zip(targets, bulk.class_of, strict=True) if c == slot]
+            group = [t for t, c in zip(targets, class_of, strict=True) if c == slot]
             list(map(object.__setattr__, group, repeat("__class__"), repeat(cls)))
-        for position in touched:
-            namespace = targets[position].__dict__
-            values = {
-                k: namespace[v.name] if isinstance(v, FromAttr) else v
-                for k, v in bulk.changed.get(position, {}).items()
-            }
-            for name in bulk.removals[bulk.removed_of[position]]:
-                del namespace[name]
-            namespace.update(values)
+        removals, removed_of, changed = bulk.removals, bulk.removed_of, bulk.changed
+        for position in {p for p, r in enumerate(removed_of) if r} | changed.keys():
+            target = targets[position]
+            namespace = target.__dict__
+            gone = removals[removed_of[position]]
+            state = (
+                {k: v for k, v in namespace.items() if k not in gone} if gone else dict(namespace)
+            )
+            for key, value in changed.get(position, {}).items():
+                state[key] = namespace[value.name] if isinstance(value, FromAttr) else value
+            object.__setattr__(target, "__dict__", state)
+            applied.namespaces[position] = namespace
     except BaseException:
         applied.undo()
         raise

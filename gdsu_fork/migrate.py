@@ -177,7 +177,8 @@ class Migration:
             bulk.add(
                 index, None if result_class is plan.same_as else result_class, removed, changed
             )
-            plan.pairs.append((obj, cls, dict(old_state), obj))
+            # the commit gives a changed instance a new __dict__: this one stays the old state
+            plan.pairs.append((obj, cls, old_state, obj))
             self.count += 1
         for plan in plans.values():
             env.record_pairs(plan.names, plan.pairs)
