@@ -125,9 +125,10 @@ class _Update:
 
     def run(self) -> Report:
         first_mode = Mode.REHEARSE if self.rehearse else Mode.ANALYSE
-        self.emit(
-            Phase.REHEARSING if self.rehearse else Phase.ANALYSING, f"{first_mode} in a child"
-        )
+        if self.rehearse:
+            self.emit(Phase.REHEARSING, "rehearsing in a forked child; the program runs on")
+        else:
+            self.emit(Phase.ANALYSING, "analysing the patch in a forked child")
         result = self.fork(first_mode)
         self.report.timings["rehearse"] = _ms(result.seconds)
         if not result.ok:
@@ -141,7 +142,7 @@ class _Update:
             return self.wait_pause_commit(codes, allowed)
 
     def wait_pause_commit(self, codes: set[types.CodeType], allowed: set[types.CodeType]) -> Report:
-        self.emit(Phase.WAITING, f"waiting for a safe point ({len(codes)} code objects)")
+        self.emit(Phase.WAITING, f"waiting for a safe point ({len(codes)} changed code objects)")
         wait_started = time.perf_counter()
 
         def on_blocked(blockers: list[safepoint.Blocker]) -> None:
