@@ -105,8 +105,10 @@ class _Signal:
 def _fork_locks() -> list[Any]:
     """Locks that `os.fork`'s before-fork hooks of the standard library acquire.
 
-    A parked thread holding one would deadlock the fork, so the update thread takes them
-    while the program still runs and lets them go once frozen (see `try_freeze`).
+    A parked thread holding one would deadlock the fork, so the update thread takes them while
+    the program still runs and holds them through the pause: the before-fork hooks then take
+    logging's RLock (and CPython the import lock) re-entrantly in our thread. Releasing them at
+    the freeze would not do: a thread blocked on one in C takes it without running Python.
     """
     locks = []
     logging = sys.modules.get("logging")
@@ -114,8 +116,33 @@ def _fork_locks() -> list[Any]:
         locks.append(logging._lock)
     futures = sys.modules.get("concurrent.futures.thread")
     if futures is not None and hasattr(futures, "_global_shutdown_lock"):
+        _hook_fork_after(futures)
         locks.append(futures._global_shutdown_lock)
     return locks
+
+
+# Modules whose before-fork hook acquires a plain (non re-entrant) Lock that we hold.
+_hooked: set[str] = set()
+
+
+def _hook_fork_after(module: Any) -> None:
+    """Register our fork hooks after `module`'s: before-hooks run in reverse order of
+    registration, so ours hands the held plain Lock to the module's hook just in time."""
+    if module.__name__ not in _hooked:
+        _hooked.add(module.__name__)
+        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent)
+
+
+def _before_fork() -> None:
+    fz = _active
+    if fz is not None:
+        fz.hand_over_plain_locks()
+
+
+def _after_fork_in_parent() -> None:
+    fz = _active
+    if fz is not None:
+        fz.take_back_plain_locks()
 
 
 class Freezer:
@@ -148,6 +175,7 @@ class Freezer:
         self.late_entries: list[str] = []
         self._gate: _Gate | None = None
         self._held_locks: list[Any] = []
+        self._handed_over: list[Any] = []
         self._imp_held = False
         self._gc_was_enabled = False
         self._hooks = _MonitoringHooks(self) if _PY312 else _TraceHooks(self)
@@ -229,13 +257,10 @@ class Freezer:
             self.waiting_for = blocking
             return False
         self.phase = Phase.FROZEN
-        if self.entries != before:
-            self.phase = Phase.PARK
-            return False
-        # Nobody else runs Python any more, so nobody can take these: free them for the
-        # before-fork hooks, which take them in our thread (a plain Lock would deadlock).
-        self._release_fork_locks()
-        return True
+        if self.entries == before:
+            return True
+        self.phase = Phase.PARK
+        return False
 
     def unpark(self) -> None:
         """Release every parked thread and remove the parking hooks (a failed attempt, the end)."""
@@ -310,9 +335,27 @@ class Freezer:
     def _release_fork_locks(self) -> None:
         while self._held_locks:
             self._held_locks.pop().release()
+        self._handed_over.clear()
         if self._imp_held:
             _imp.release_lock()
             self._imp_held = False
+
+    def hand_over_plain_locks(self) -> None:
+        """Before a fork: free the plain Locks we hold for the hook that acquires them next.
+
+        A thread blocked on one in C could take it in between; the window is one hook call.
+        """
+        for lock in self._held_locks:
+            if not hasattr(lock, "_is_owned"):  # an RLock is taken again re-entrantly
+                lock.release()
+                self._handed_over.append(lock)
+
+    def take_back_plain_locks(self) -> None:
+        """After a fork, in the parent: the hooks released them; hold them again."""
+        for lock in self._handed_over:
+            if not lock.acquire(blocking=False):
+                self._held_locks.remove(lock)  # a thread blocked on it got it: it is theirs
+        self._handed_over.clear()
 
     # -- the end ------------------------------------------------------------------------------
 
@@ -334,10 +377,14 @@ class Freezer:
         self._hooks.close()
         self._gate = None
         self.parked.clear()
-        # Fork locks are released at the freeze; one still held (a fork while parking) was
-        # re-created by its module's after-fork hook, or by CPython for the import lock.
+        # The modules' after-fork hooks re-created their locks (logging's, concurrent.futures').
         self._held_locks.clear()
-        self._imp_held = False
+        self._handed_over.clear()
+        if self._imp_held:
+            # CPython's child keeps the forking thread's own hold of the import lock.
+            with contextlib.suppress(RuntimeError):
+                _imp.release_lock()
+            self._imp_held = False
         if self._gc_was_enabled:
             gc.enable()
         _active = None
