@@ -32,6 +32,7 @@ import inspect
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Iterator
 from types import CodeType, FrameType
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = [
     "BlockerKind",
     "Pause",
     "find_blockers",
+    "find_suspended",
     "paused_at_safe_point",
     "quiet_fork",
     "release_in_child",
@@ -147,9 +149,33 @@ class _Scan:
         )
 
 
-def _scan(changed: frozenset[CodeType], exempt: dict[int, FrameType | None] | None = None) -> _Scan:
+def find_suspended(codes: Collection[CodeType]) -> list[Any]:
+    """Generators, coroutines and async generators suspended (or not started) in `codes`.
+
+    A suspended frame can only be a generator's or a coroutine's, and it refers to its code:
+    one referrer walk finds them all, asyncio tasks' coroutine chains included. The walk does
+    not see objects moved to the permanent generation by `gc.freeze()`: call it before.
+    """
+    codes = frozenset(codes)
+    gen_codes = [c for c in codes if c.co_flags & _SUSPENDABLE]
+    if not gen_codes:
+        return []
+    found = []
+    for obj in gc.get_referrers(*gen_codes):
+        frame = _suspended_frame(obj)
+        if frame is not None and frame.f_code in codes:
+            found.append(obj)
+    return found
+
+
+def _scan(
+    changed: frozenset[CodeType],
+    exempt: dict[int, FrameType | None] | None = None,
+    known: Collection[weakref.ref[Any]] = (),
+) -> _Scan:
     """Find every holder of a changed frame but the caller's thread (`exempt`: frames parked
-    while they return, which run no more of their code)."""
+    while they return, which run no more of their code; `known`: suspended generators found
+    before a `gc.freeze()`)."""
     me = threading.get_ident()
     exempt = exempt or {}
     threads: dict[int, FrameType] = {}
@@ -164,16 +190,16 @@ def _scan(changed: frozenset[CodeType], exempt: dict[int, FrameType | None] | No
                 threads[ident] = top
                 codes.add(frame.f_code)
             frame = frame.f_back
-    suspended = []
-    gen_codes = [c for c in changed if c.co_flags & _SUSPENDABLE]
-    if gen_codes:
-        # A suspended frame can only be a generator's or coroutine's, and it refers to its code:
-        # one referrer walk finds them all, asyncio tasks' coroutine chains included.
-        for obj in gc.get_referrers(*gen_codes):
+    suspended = find_suspended(changed)
+    seen = {id(obj) for obj in suspended}
+    for ref in known:
+        obj = ref()
+        if obj is not None and id(obj) not in seen:
             frame = _suspended_frame(obj)
             if frame is not None and frame.f_code in changed:
                 suspended.append(obj)
-                codes.add(frame.f_code)
+    for obj in suspended:
+        codes.add(_suspended_frame(obj).f_code)  # type: ignore[union-attr]
     return _Scan(threads, suspended, codes)
 
 
@@ -188,20 +214,31 @@ def _await_chain(obj: Any) -> list[Any]:
     return chain
 
 
-def _owner(obj: Any) -> tuple[Any, Any]:
-    """The asyncio task running `obj`'s chain (or None) and the outermost awaiter of `obj`."""
-    asyncio = sys.modules.get("asyncio")
-    task_type = getattr(asyncio, "Task", None) if asyncio is not None else None
+def _all_tasks() -> list[Any]:
+    """Every asyncio task of every loop, in any thread.
+
+    `asyncio.all_tasks()` needs the loop's own thread; these are the registries behind it
+    (3.11: `_all_tasks`; 3.12+: `_scheduled_tasks` and `_eager_tasks`).
+    """
+    tasks_module = sys.modules.get("asyncio.tasks")
+    if tasks_module is None:
+        return []
+    tasks: list[Any] = []
+    for registry in ("_all_tasks", "_scheduled_tasks", "_eager_tasks"):
+        tasks.extend(getattr(tasks_module, registry, ()))
+    return tasks
+
+
+def _owner(obj: Any, tasks: dict[int, Any]) -> tuple[Any, Any]:
+    """The asyncio task whose chain runs `obj` (or None), and the outermost awaiter of `obj`."""
+    if id(obj) in tasks:
+        task = tasks[id(obj)]
+        return task, task.get_coro()
     outer = obj
     for _ in range(1000):
         step = None
         for ref in gc.get_referrers(outer):
-            if task_type is not None and isinstance(ref, task_type) and ref.get_coro() is outer:
-                return ref, outer
-            if (
-                getattr(ref, "cr_await", None) is outer
-                or getattr(ref, "gi_yieldfrom", None) is outer
-            ):
+            if outer in (getattr(ref, "cr_await", None), getattr(ref, "gi_yieldfrom", None)):
                 step = ref
         if step is None:
             break
@@ -215,8 +252,9 @@ def _describe(scan: _Scan) -> list[Blocker]:
         Blocker(BlockerKind.THREAD, names.get(ident, f"thread {ident}"), _stack_lines(top))
         for ident, top in scan.threads.items()
     ]
+    tasks = {id(link): task for task in _all_tasks() for link in _await_chain(task.get_coro())}
     for obj in scan.suspended:
-        task, outer = _owner(obj)
+        task, outer = _owner(obj, tasks)
         stack = tuple(
             _frame_line(frame)
             for link in _await_chain(outer)
@@ -253,7 +291,12 @@ def _timeout_error(blockers: list[Blocker], timeout: float) -> SafePointTimeout:
     return err
 
 
-def _attempt(fz: Freezer, deadline: float, window: float) -> tuple[bool, _Scan | None, bool]:
+def _attempt(
+    fz: Freezer,
+    deadline: float,
+    window: float,
+    look: Callable[[dict[int, FrameType | None]], _Scan],
+) -> tuple[bool, _Scan | None, bool]:
     """Park everyone, let changed frames return; True if frozen at a safe point.
 
     On failure every thread is released again; also returned: the last scan (who blocked) and
@@ -267,7 +310,7 @@ def _attempt(fz: Freezer, deadline: float, window: float) -> tuple[bool, _Scan |
 
     def check(exempt: dict[int, FrameType | None]) -> set[int] | None:
         nonlocal last
-        last = _scan(fz.changed, exempt)
+        last = look(exempt)
         return set(last.threads) if last.blocked else None
 
     expired = False
@@ -311,13 +354,20 @@ def paused_at_safe_point(
     timeout: float,
     on_blocked: Callable[[list[Blocker]], None] | None = None,
     window: float = ATTEMPT_WINDOW,
+    suspended: Collection[Any] = (),
 ) -> Iterator[Pause]:
     """Wait until no other thread, task or generator runs `codes`, then hold the program paused
     for the body. `window`: how long one attempt may keep threads parked while it waits for
-    changed frames to return."""
+    changed frames to return. `suspended`: what `find_suspended` returned before a
+    `gc.freeze()` (which hides older objects from the collector's walks)."""
     start = time.monotonic()
     deadline = start + timeout
     changed = frozenset(codes) - frozenset(allowed)
+    known = [weakref.ref(obj) for obj in suspended]
+
+    def look(exempt: dict[int, FrameType | None] | None = None) -> _Scan:
+        return _scan(changed, exempt, known)
+
     pause = Pause()
     with open_freezer(changed) as fz:
         reported: frozenset[tuple[int, int]] | None = None
@@ -327,20 +377,20 @@ def paused_at_safe_point(
         notified = False
         while True:
             early = fz.phase is Phase.PARK  # a returning blocker began the parking itself
-            scan = None if early else _scan(changed)
+            scan = None if early else look()
             if stuck and scan is not None and not _still_stuck(stuck, scan, changed):
                 stuck = {}
             if early or (
                 scan is not None and (not scan.blocked or (notified and scan.threads and not stuck))
             ):
                 pause.attempts += 1
-                frozen, last, expired = _attempt(fz, deadline, window)
+                frozen, last, expired = _attempt(fz, deadline, window, look)
                 if frozen:
                     pause.waited = time.monotonic() - start
                     pause.late_entries = fz.late_entries
                     yield pause
                     return
-                scan = last or _scan(changed)
+                scan = last or look()
                 if expired:
                     stuck = _changed_frames(scan, changed)
             assert scan is not None
@@ -357,7 +407,7 @@ def paused_at_safe_point(
             # Arm, then look again: a blocker that returned in between sent no notification.
             fz.eager = not stuck and not scan.suspended
             fz.watch(scan.codes, None if scan.suspended else set(scan.threads))
-            if _scan(changed).key() != scan.key():
+            if look().key() != scan.key():
                 notified = True
                 continue
             notified = fz.signal.wait(remaining)
