@@ -494,6 +494,9 @@ class Supervisor:
         module_files: dict[str, str | None] | None = None,
     ) -> None:
         """Journal the end of `job`, answer its client, and start the next update."""
+        if job.watch is not None:
+            for pid in job.watch.kill_all():
+                _log(self.name, f"killed update child {pid}, left over from a finished update")
         if report is not None:
             report = dict(report)
             killed = job.watch.killed if job.watch is not None else []

@@ -35,6 +35,23 @@ class ChildWatch:
         with contextlib.suppress(psutil.NoSuchProcess):  # already gone: nothing to watch
             self._children[pid] = (psutil.Process(pid), time.monotonic())
 
+    def kill_all(self) -> list[int]:
+        """Kill every watched child still alive (their update is over); the pids killed.
+
+        An update child whose app died is orphaned and would live on (a hung patch for ever):
+        nobody else is left to end it. psutil refuses a pid that was reused meanwhile.
+        """
+        killed = []
+        for pid, (proc, _) in self._children.items():
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    proc.kill()
+                    killed.append(pid)
+            except psutil.NoSuchProcess:
+                continue
+        self._children.clear()
+        return killed
+
     def check(self) -> list[str]:
         """Kill children over a cap; the reasons for those killed by this call."""
         reasons = []

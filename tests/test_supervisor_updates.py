@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from apps.supervised import GREETER, Supervised, wait_for
 
@@ -227,6 +228,7 @@ def test_a_blocked_safe_point_aborts_and_names_the_thread(tmp_path: Path, monkey
 
 def test_app_dying_mid_update_is_reported(start) -> None:
     app = start()
+    app_pid = app.status()["app_pid"]
     crash = f"http://127.0.0.1:{app.port}/crash"
     slow = subprocess.Popen(
         [sys.executable, "-m", "gdsu_fork.cli", "update", str(GREETER / "patch_hang.py"), "--json"],
@@ -237,9 +239,11 @@ def test_app_dying_mid_update_is_reported(start) -> None:
     )
     try:
         wait_for(lambda: app.status()["state"] == "updating", 20, "the update to start")
+        child = wait_for(lambda: psutil.Process(app_pid).children(), 20, "the update child")[0]
         with pytest.raises(OSError):
             urllib.request.urlopen(crash, timeout=10)
         out, err = slow.communicate(timeout=60)
+        child.wait(10)  # the orphaned child of the hanging patch was killed, not left to run
     finally:
         if slow.poll() is None:
             slow.kill()
