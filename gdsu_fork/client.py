@@ -14,7 +14,6 @@ from types import TracebackType
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol
 from .errors import GdsuError
@@ -103,6 +102,9 @@ class Client:
         while True:
             ready = dict(poller.poll(int(timeout * 1000)))
             if self._monitor in ready:
+                # Imported here: it pulls in asyncio, a third of the command's start-up.
+                from zmq.utils.monitor import recv_monitor_message
+
                 raise ConnectionFailed(self._refusal(recv_monitor_message(self._monitor)))
             if self.socket not in ready:
                 raise ConnectionFailed(self._silence(timeout, first=first))
