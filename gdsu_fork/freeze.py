@@ -302,6 +302,8 @@ class Freezer:
                     here.parked.pop(me, None)
                     fz.parked[me] = exempt
                     here = fz
+                    if exempt is not None or me in fz.waiting_for:
+                        fz.signal.raise_()
                 gate.wait()
         finally:
             if blocked:

@@ -172,10 +172,11 @@ def _scan(
     changed: frozenset[CodeType],
     exempt: dict[int, FrameType | None] | None = None,
     known: Collection[weakref.ref[Any]] = (),
+    full: bool = True,
 ) -> _Scan:
     """Find every holder of a changed frame but the caller's thread (`exempt`: frames parked
     while they return, which run no more of their code; `known`: suspended generators found
-    before a `gc.freeze()`)."""
+    before a `gc.freeze()`). Unless `full`, a thread found blocking skips the heap walk."""
     me = threading.get_ident()
     exempt = exempt or {}
     threads: dict[int, FrameType] = {}
@@ -190,6 +191,8 @@ def _scan(
                 threads[ident] = top
                 codes.add(frame.f_code)
             frame = frame.f_back
+    if threads and not full:
+        return _Scan(threads, [], codes)
     suspended = find_suspended(changed)
     seen = {id(obj) for obj in suspended}
     for ref in known:
@@ -295,7 +298,7 @@ def _attempt(
     fz: Freezer,
     deadline: float,
     window: float,
-    look: Callable[[dict[int, FrameType | None]], _Scan],
+    look: Callable[[dict[int, FrameType | None], bool], _Scan],
 ) -> tuple[bool, _Scan | None, bool]:
     """Park everyone, let changed frames return; True if frozen at a safe point.
 
@@ -310,7 +313,7 @@ def _attempt(
 
     def check(exempt: dict[int, FrameType | None]) -> set[int] | None:
         nonlocal last
-        last = look(exempt)
+        last = look(exempt, False)
         return set(last.threads) if last.blocked else None
 
     expired = False
@@ -328,22 +331,26 @@ def _attempt(
     return False, last, expired
 
 
-def _changed_frames(scan: _Scan, changed: frozenset[CodeType]) -> dict[int, set[int]]:
-    """ident -> ids of the changed frames on that thread's stack."""
-    out: dict[int, set[int]] = {}
+def _changed_frames(scan: _Scan, changed: frozenset[CodeType]) -> dict[int, list[FrameType]]:
+    """ident -> the changed frames on that thread's stack (held: an id could be reused)."""
+    out: dict[int, list[FrameType]] = {}
     for ident, top in scan.threads.items():
         frame: FrameType | None = top
         while frame is not None:
             if frame.f_code in changed:
-                out.setdefault(ident, set()).add(id(frame))
+                out.setdefault(ident, []).append(frame)
             frame = frame.f_back
     return out
 
 
-def _still_stuck(stuck: dict[int, set[int]], scan: _Scan, changed: frozenset[CodeType]) -> bool:
-    """True if a thread that outlasted an attempt still runs the same changed frame."""
+def _still_stuck(
+    stuck: dict[int, list[FrameType]], scan: _Scan, changed: frozenset[CodeType]
+) -> bool:
+    """True if a thread that outlasted an attempt still runs one of the same changed frames."""
     now = _changed_frames(scan, changed)
-    return any(frames & now.get(ident, set()) for ident, frames in stuck.items())
+    return any(
+        any(f is g for f in frames for g in now.get(ident, ())) for ident, frames in stuck.items()
+    )
 
 
 @contextlib.contextmanager
@@ -365,15 +372,15 @@ def paused_at_safe_point(
     changed = frozenset(codes) - frozenset(allowed)
     known = [weakref.ref(obj) for obj in suspended]
 
-    def look(exempt: dict[int, FrameType | None] | None = None) -> _Scan:
-        return _scan(changed, exempt, known)
+    def look(exempt: dict[int, FrameType | None] | None = None, full: bool = True) -> _Scan:
+        return _scan(changed, exempt, known, full)
 
     pause = Pause()
     with open_freezer(changed) as fz:
         reported: frozenset[tuple[int, int]] | None = None
         # Threads that stayed in changed code through a whole attempt: no new attempt (which
         # stalls the program for up to `window`) until the frames they were in have returned.
-        stuck: dict[int, set[int]] = {}
+        stuck: dict[int, list[FrameType]] = {}
         notified = False
         while True:
             early = fz.phase is Phase.PARK  # a returning blocker began the parking itself
@@ -390,9 +397,9 @@ def paused_at_safe_point(
                     pause.late_entries = fz.late_entries
                     yield pause
                     return
-                scan = last or look()
-                if expired:
-                    stuck = _changed_frames(scan, changed)
+                if expired and last is not None:
+                    stuck = _changed_frames(last, changed)
+                scan = look()  # the program runs again: who blocks now, in full
             assert scan is not None
             if scan.blocked and scan.key() != reported:
                 reported = scan.key()
