@@ -165,12 +165,18 @@ class Freezer:
         # Threads parked now: ident -> the frame exempt from the safe-point check (a frame
         # parked while it returns executes no more of its code), or None.
         self.parked: dict[int, FrameType | None] = {}
+        # Frames parked while they returned, by thread: they run no more of their code, even
+        # after a failed attempt released them (their return completes without a new event).
+        self.returning: dict[int, FrameType] = {}
         # Bumped whenever a thread is let into changed code while parking; see `try_freeze`.
         self.entries = 0
         # Threads inside changed code at the last check: their parking is worth a new check.
         self.waiting_for: set[int] = set()
         # Whether a returning blocker may start the parking itself (see `returned`).
-        self.eager = True
+        self.eager = False
+        # Held while hooks are switched: the update thread and a returning thread (`returned`)
+        # must not interleave their set-ups (one would undo the other's events).
+        self._arming = _thread.allocate_lock()
         # Frames that started changed code after the freeze (only possible from C): reported.
         self.late_entries: list[str] = []
         self._gate: _Gate | None = None
@@ -185,10 +191,11 @@ class Freezer:
 
     def watch(self, blocking: Collection[CodeType], threads: Collection[int] | None) -> None:
         """Arm notifications for returns from `blocking` (run by `threads`; None: any thread)."""
-        if self._gate is None:
-            self._gate = _Gate()
-        self.phase = Phase.WATCH
-        self._hooks.watch(frozenset(blocking), threads)
+        with self._arming:
+            if self._gate is None:
+                self._gate = _Gate()
+            self.phase = Phase.WATCH
+            self._hooks.watch(frozenset(blocking), threads)
 
     def notify(self) -> None:
         """Called in the thread whose changed frame returned or yielded: wake the update thread."""
@@ -204,15 +211,21 @@ class Freezer:
         if (
             self.eager
             and self.phase is Phase.WATCH
-            and self._gate is not None
             and self.stack_clean(frame.f_back)
+            and self._arming.acquire(blocking=False)
         ):
-            self.entries = 0
-            self.phase = Phase.PARK
-            self._hooks.park()
-            self.park_here(frame)
-        else:
-            self.signal.raise_()
+            try:
+                started = self.eager and self.phase is Phase.WATCH and self._gate is not None
+                if started:
+                    self.entries = 0
+                    self.phase = Phase.PARK
+                    self._hooks.park()
+            finally:
+                self._arming.release()
+            if started:
+                self.park_here(frame)
+                return
+        self.signal.raise_()
 
     # -- parking ------------------------------------------------------------------------------
 
@@ -229,11 +242,12 @@ class Freezer:
         if not self._take_fork_locks(lock_timeout):
             return False
         self._start_gc_pause()
-        if self._gate is None:
-            self._gate = _Gate()
-        self.entries = 0
-        self.phase = Phase.PARK
-        self._hooks.park()
+        with self._arming:
+            if self._gate is None:
+                self._gate = _Gate()
+            self.entries = 0
+            self.phase = Phase.PARK
+            self._hooks.park()
         return True
 
     def _start_gc_pause(self) -> None:
@@ -252,7 +266,7 @@ class Freezer:
         """
         self._hooks.rearm()
         before = self.entries
-        blocking = check(dict(self.parked))
+        blocking = check(self.exempt())
         if blocking is not None:
             self.waiting_for = blocking
             return False
@@ -264,11 +278,12 @@ class Freezer:
 
     def unpark(self) -> None:
         """Release every parked thread and remove the parking hooks (a failed attempt, the end)."""
-        self.phase = Phase.WATCH
-        self._hooks.unpark()
-        if self._gate is not None:
-            self._gate.open()
-            self._gate = None
+        with self._arming:
+            self.phase = Phase.WATCH
+            self._hooks.unpark()
+            if self._gate is not None:
+                self._gate.open()
+                self._gate = None
         self.waiting_for = set()
         self._release_fork_locks()
         if self._gc_was_enabled:
@@ -281,6 +296,8 @@ class Freezer:
             return
         me = _thread.get_ident()
         self.parked[me] = exempt
+        if exempt is not None:
+            self.returning[me] = exempt
         if exempt is not None or me in self.waiting_for:
             self.signal.raise_()  # a blocking frame is done: worth a new check
         # A signal must not run the main thread's Python handlers inside the freeze: block them
@@ -301,6 +318,8 @@ class Freezer:
                 if fz is not here:
                     here.parked.pop(me, None)
                     fz.parked[me] = exempt
+                    if exempt is not None:
+                        fz.returning[me] = exempt
                     here = fz
                     if exempt is not None or me in fz.waiting_for:
                         fz.signal.raise_()
@@ -309,6 +328,12 @@ class Freezer:
             if blocked:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)
             here.parked.pop(me, None)
+
+    def exempt(self) -> dict[int, FrameType | None]:
+        """Frames the safe-point check may ignore, by thread: those parked while returning."""
+        out: dict[int, FrameType | None] = dict(self.returning)
+        out.update((ident, f) for ident, f in self.parked.items() if f is not None)
+        return out
 
     def stack_clean(self, frame: FrameType | None) -> bool:
         """True if no frame from `frame` outwards executes changed code."""

@@ -371,12 +371,12 @@ def paused_at_safe_point(
     deadline = start + timeout
     changed = frozenset(codes) - frozenset(allowed)
     known = [weakref.ref(obj) for obj in suspended]
-
-    def look(exempt: dict[int, FrameType | None] | None = None, full: bool = True) -> _Scan:
-        return _scan(changed, exempt, known, full)
-
     pause = Pause()
     with open_freezer(changed) as fz:
+
+        def look(exempt: dict[int, FrameType | None] | None = None, full: bool = True) -> _Scan:
+            return _scan(changed, fz.exempt() if exempt is None else exempt, known, full)
+
         reported: frozenset[tuple[int, int]] | None = None
         # Threads that stayed in changed code through a whole attempt: no new attempt (which
         # stalls the program for up to `window`) until the frames they were in have returned.
@@ -412,8 +412,8 @@ def paused_at_safe_point(
                 notified = True  # an attempt lost a race with an entering thread: retry
                 continue
             # Arm, then look again: a blocker that returned in between sent no notification.
-            fz.eager = not stuck and not scan.suspended
             fz.watch(scan.codes, None if scan.suspended else set(scan.threads))
+            fz.eager = not stuck and not scan.suspended  # only once the watch is armed
             if look().key() != scan.key():
                 notified = True
                 continue
