@@ -189,12 +189,18 @@ class Freezer:
 
     # -- waiting ------------------------------------------------------------------------------
 
-    def watch(self, blocking: Collection[CodeType], threads: Collection[int] | None) -> None:
-        """Arm notifications for returns from `blocking` (run by `threads`; None: any thread)."""
+    def watch(
+        self, blocking: Collection[CodeType], threads: Collection[int] | None, renew: bool = False
+    ) -> None:
+        """Arm notifications for returns from `blocking` (run by `threads`; None: any thread);
+        `renew`: switch them off and on again."""
         with self._arming:
             if self._gate is None:
                 self._gate = _Gate()
             self.phase = Phase.WATCH
+            if renew:
+                self._hooks.unpark()
+                self._hooks.watch(frozenset(), threads)
             self._hooks.watch(frozenset(blocking), threads)
 
     def notify(self) -> None:
@@ -493,7 +499,7 @@ class _MonitoringHooks:
         # Local events cost nothing in other code; PY_UNWIND (an exception leaving a blocking
         # frame) exists only as a global event, cheap because unwinding is rare.
         self._set_local(blocking)
-        self.mon.set_events(self.tool, self.ev.PY_UNWIND)
+        self.mon.set_events(self.tool, self.ev.PY_UNWIND if blocking else 0)
 
     def park(self) -> None:
         self._set_local(self.f.changed)

@@ -60,6 +60,8 @@ _SUSPENDABLE = (
 # How long one attempt keeps the other threads parked while threads inside changed code run
 # on to their return. 200 threads converge in 9–15 ms on our 2-core machines.
 ATTEMPT_WINDOW = 0.05
+# How long a wait goes without any notification before it checks that its events still fire.
+REARM_AFTER = 0.25
 
 
 class BlockerKind(enum.StrEnum):
@@ -381,7 +383,7 @@ def paused_at_safe_point(
         # Threads that stayed in changed code through a whole attempt: no new attempt (which
         # stalls the program for up to `window`) until the frames they were in have returned.
         stuck: dict[int, list[FrameType]] = {}
-        notified = False
+        notified = rearm = False
         while True:
             early = fz.phase is Phase.PARK  # a returning blocker began the parking itself
             scan = None if early else look()
@@ -412,9 +414,21 @@ def paused_at_safe_point(
                 notified = True  # an attempt lost a race with an entering thread: retry
                 continue
             # Arm, then look again: a blocker that returned in between sent no notification.
-            fz.watch(scan.codes, None if scan.suspended else set(scan.threads))
+            fz.watch(scan.codes, None if scan.suspended else set(scan.threads), renew=rearm)
             fz.eager = not stuck and not scan.suspended  # only once the watch is armed
             if look().key() != scan.key():
                 notified = True
                 continue
-            notified = fz.signal.wait(remaining)
+            before = _changed_frames(scan, changed)
+            notified = fz.signal.wait(min(remaining, REARM_AFTER))
+            rearm = not notified
+            if rearm:
+                # No notification for a while. Under heavy load on 3.12/3.13 we saw local return
+                # events armed on a code object never fire; so, seldom, look whether the
+                # blocking frames moved on (then try) and arm the events afresh.
+                after = _changed_frames(look(), changed)
+                notified = any(
+                    not any(f is g for g in after.get(ident, ()))
+                    for ident, frames in before.items()
+                    for f in frames
+                )
