@@ -7,6 +7,7 @@ Whatever the work does — raise, exit, loop, crash, exhaust memory — the call
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import os
 import resource
@@ -71,9 +72,22 @@ def _describe_exception() -> str:
     return "".join(summary.format()).rstrip()
 
 
-def _child_main(write_fd: int, work: Callable[[], bytes], memory: int | None) -> None:
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """An update child never outlives the program: if the program dies (or already has), so
+    does the child (Linux's parent-death signal)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _child_main(write_fd: int, work: Callable[[], bytes], memory: int | None, parent: int) -> None:
     code = 1
     try:
+        _die_with_parent(parent)
         if memory is not None:
             _cap_memory(memory)
         try:
@@ -133,10 +147,11 @@ def run_forked(
     """
     read_fd, write_fd = os.pipe()
     started = time.monotonic()
+    parent = os.getpid()
     pid = fork()
     if pid == 0:
         os.close(read_fd)
-        _child_main(write_fd, work, memory)
+        _child_main(write_fd, work, memory, parent)
     os.close(write_fd)
     if on_start is not None:
         with contextlib.suppress(Exception):

@@ -161,3 +161,36 @@ if __name__ == "__main__":
 def test_updating_the_main_module_does_not_start_the_program_again(tmp_path):
     lines = run_program(tmp_path, MAIN_UPDATE)
     assert lines == ["started 1", "update committed None", "greet v2 1"]
+
+
+DYING_PROGRAM = """
+import os, sys, threading
+import gdsu_fork
+
+patch = gdsu_fork.Patch("hangs")
+patch.module("json", "import time, os\\nopen(os.environ['MARK'], 'w').write(str(os.getpid()))\\ntime.sleep(600)\\n")
+threading.Thread(target=gdsu_fork.update, args=(patch,), kwargs={"timeout": 600}, daemon=True).start()
+while not os.path.exists(os.environ["MARK"]) or not open(os.environ["MARK"]).read():
+    threading.Event().wait(0.01)
+os._exit(0)  # the program dies while its update child hangs
+"""
+
+
+def test_an_update_child_never_outlives_the_program(tmp_path, monkeypatch):
+    import os
+    import select
+
+    mark = tmp_path / "child.pid"
+    monkeypatch.setenv("MARK", str(mark))
+    run_program(tmp_path, DYING_PROGRAM)
+    child = int(mark.read_text())
+    try:
+        handle = os.pidfd_open(child)
+    except ProcessLookupError:
+        return  # already gone
+    try:
+        # a pidfd becomes readable when the process has terminated
+        ready, _, _ = select.select([handle], [], [], 10)
+    finally:
+        os.close(handle)
+    assert ready, f"the update child {child} outlived the program"
