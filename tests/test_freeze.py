@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _imp
 import concurrent.futures
+import faulthandler
 import gc
 import importlib.util
 import io
@@ -61,6 +62,8 @@ def in_thread(fn, *args) -> object:
     thread = threading.Thread(target=main, name="updater", daemon=True)
     thread.start()
     thread.join(60)
+    if thread.is_alive():
+        faulthandler.dump_traceback(all_threads=True)  # who holds what, for the report
     assert not thread.is_alive(), "the update thread hung"
     if "error" in out:
         raise out["error"]

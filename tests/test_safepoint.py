@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dis
+import faulthandler
 import importlib.util
 import sys
 import threading
@@ -91,6 +92,8 @@ def run_updater(fn, *args, **kwargs) -> tuple[threading.Thread, dict]:
 
 def finish(thread: threading.Thread, out: dict, timeout: float = 30) -> object:
     thread.join(timeout)
+    if thread.is_alive():
+        faulthandler.dump_traceback(all_threads=True)  # who holds what, for the report
     assert not thread.is_alive(), "the update thread hung"
     if "error" in out:
         raise out["error"]
