@@ -107,8 +107,9 @@ def _fork_locks() -> list[Any]:
 
     A parked thread holding one would deadlock the fork, so the update thread takes them while
     the program still runs and holds them through the pause: the before-fork hooks then take
-    logging's RLock (and CPython the import lock) re-entrantly in our thread. Releasing them at
-    the freeze would not do: a thread blocked on one in C takes it without running Python.
+    logging's RLock re-entrantly in our thread. Releasing them at the freeze would not do: a
+    thread blocked on one in C takes it without running Python. (The import lock, which
+    CPython takes at each fork, is handled in `park_here` and `try_freeze`.)
     """
     locks = []
     logging = sys.modules.get("logging")
@@ -172,6 +173,8 @@ class Freezer:
         self.entries = 0
         # Threads inside changed code at the last check: their parking is worth a new check.
         self.waiting_for: set[int] = set()
+        # Set while the import lock stops the freeze: any parking is worth a new check.
+        self.import_wait = False
         # Whether a returning blocker may start the parking itself (see `returned`).
         self.eager = False
         # Held while hooks are switched: the update thread and a returning thread (`returned`)
@@ -182,7 +185,6 @@ class Freezer:
         self._gate: _Gate | None = None
         self._held_locks: list[Any] = []
         self._handed_over: list[Any] = []
-        self._imp_held = False
         self._gc_was_enabled = False
         self._hooks = _MonitoringHooks(self) if _PY312 else _TraceHooks(self)
         _active = self
@@ -276,6 +278,11 @@ class Freezer:
         if blocking is not None:
             self.waiting_for = blocking
             return False
+        if _imp.lock_held():
+            # A thread inside an import holds it (it was not parked): os.fork would wait for it
+            # forever. It parks once it lets go, and wakes us then.
+            self.import_wait = True
+            return False
         self.phase = Phase.FROZEN
         if self.entries == before:
             return True
@@ -291,6 +298,7 @@ class Freezer:
                 self._gate.open()
                 self._gate = None
         self.waiting_for = set()
+        self.import_wait = False
         self._release_fork_locks()
         if self._gc_was_enabled:
             gc.enable()
@@ -301,10 +309,14 @@ class Freezer:
         if self._gate is None:
             return
         me = _thread.get_ident()
+        if self.phase is Phase.PARK and _imp.lock_held():
+            # Parked now, it could hold the import lock that os.fork needs: park it later.
+            self.import_wait = True
+            return
         self.parked[me] = exempt
         if exempt is not None:
             self.returning[me] = exempt
-        if exempt is not None or me in self.waiting_for:
+        if exempt is not None or me in self.waiting_for or self.import_wait:
             self.signal.raise_()  # a blocking frame is done: worth a new check
         # A signal must not run the main thread's Python handlers inside the freeze: block them
         # while parked; the kernel keeps them pending (or hands them to a thread in C), and the
@@ -353,11 +365,8 @@ class Freezer:
     # -- the fork -----------------------------------------------------------------------------
 
     def _take_fork_locks(self, timeout: float) -> bool:
-        # The import lock: os.fork takes it (re-entrantly for us); a parked importer would hold it.
-        if timeout <= 0 and _imp.lock_held():
-            return False
-        _imp.acquire_lock()
-        self._imp_held = True
+        # The import lock is another matter: os.fork takes it too, but it has no timeout, so we
+        # never wait for it; no thread parks while it is held, and the freeze waits until free.
         for lock in _fork_locks():
             if not lock.acquire(timeout=max(timeout, 0.0)):
                 self._release_fork_locks()
@@ -369,9 +378,6 @@ class Freezer:
         while self._held_locks:
             self._held_locks.pop().release()
         self._handed_over.clear()
-        if self._imp_held:
-            _imp.release_lock()
-            self._imp_held = False
 
     def hand_over_plain_locks(self) -> None:
         """Before a fork: free the plain Locks we hold for the hook that acquires them next.
@@ -413,11 +419,6 @@ class Freezer:
         # The modules' after-fork hooks re-created their locks (logging's, concurrent.futures').
         self._held_locks.clear()
         self._handed_over.clear()
-        if self._imp_held:
-            # CPython's child keeps the forking thread's own hold of the import lock.
-            with contextlib.suppress(RuntimeError):
-                _imp.release_lock()
-            self._imp_held = False
         if self._gc_was_enabled:
             gc.enable()
         _active = None
