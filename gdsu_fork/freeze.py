@@ -102,48 +102,25 @@ class _Signal:
         self._lock.acquire(blocking=False)
 
 
-def _fork_locks() -> list[Any]:
-    """Locks that `os.fork`'s before-fork hooks of the standard library acquire.
+def _fork_locks() -> tuple[list[Any], list[Any]]:
+    """Locks that `os.fork`'s before-fork hooks acquire: (re-entrant ones, plain ones).
 
-    A parked thread holding one would deadlock the fork, so the update thread takes them while
-    the program still runs and holds them through the pause: the before-fork hooks then take
-    logging's RLock re-entrantly in our thread. Releasing them at the freeze would not do: a
-    thread blocked on one in C takes it without running Python. (The import lock, which
-    CPython takes at each fork, is handled in `park_here` and `try_freeze`.)
+    A parked thread holding one would deadlock the fork. The update thread takes the
+    re-entrant ones (logging's) while the program still runs and holds them through the pause:
+    logging's hook then takes it again in our thread. A plain Lock (concurrent.futures') cannot
+    be held so, the hook would wait on us; instead no thread parks while it is locked, and the
+    freeze waits until it is free. (Releasing a held lock at the freeze would not do: a thread
+    blocked on it in C takes it without running Python.) The import lock, which CPython takes
+    at each fork, is a plain one too.
     """
-    locks = []
+    rlocks, plain = [], []
     logging = sys.modules.get("logging")
     if logging is not None and hasattr(logging, "_lock"):
-        locks.append(logging._lock)
+        rlocks.append(logging._lock)
     futures = sys.modules.get("concurrent.futures.thread")
     if futures is not None and hasattr(futures, "_global_shutdown_lock"):
-        _hook_fork_after(futures)
-        locks.append(futures._global_shutdown_lock)
-    return locks
-
-
-# Modules whose before-fork hook acquires a plain (non re-entrant) Lock that we hold.
-_hooked: set[str] = set()
-
-
-def _hook_fork_after(module: Any) -> None:
-    """Register our fork hooks after `module`'s: before-hooks run in reverse order of
-    registration, so ours hands the held plain Lock to the module's hook just in time."""
-    if module.__name__ not in _hooked:
-        _hooked.add(module.__name__)
-        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent)
-
-
-def _before_fork() -> None:
-    fz = _active
-    if fz is not None:
-        fz.hand_over_plain_locks()
-
-
-def _after_fork_in_parent() -> None:
-    fz = _active
-    if fz is not None:
-        fz.take_back_plain_locks()
+        plain.append(futures._global_shutdown_lock)
+    return rlocks, plain
 
 
 class Freezer:
@@ -184,7 +161,7 @@ class Freezer:
         self.late_entries: list[str] = []
         self._gate: _Gate | None = None
         self._held_locks: list[Any] = []
-        self._handed_over: list[Any] = []
+        self._watched: list[Any] = _fork_locks()[1]
         self._gc_was_enabled = False
         self._hooks = _MonitoringHooks(self) if _PY312 else _TraceHooks(self)
         _active = self
@@ -278,9 +255,9 @@ class Freezer:
         if blocking is not None:
             self.waiting_for = blocking
             return False
-        if _imp.lock_held():
-            # A thread inside an import holds it (it was not parked): os.fork would wait for it
-            # forever. It parks once it lets go, and wakes us then.
+        if self.fork_locks_busy():
+            # A thread (not parked) holds the import lock or another plain fork lock: os.fork
+            # would wait for it forever. It parks once it lets go, and wakes us then.
             self.import_wait = True
             return False
         self.phase = Phase.FROZEN
@@ -309,8 +286,8 @@ class Freezer:
         if self._gate is None:
             return
         me = _thread.get_ident()
-        if self.phase is Phase.PARK and _imp.lock_held():
-            # Parked now, it could hold the import lock that os.fork needs: park it later.
+        if self.phase is Phase.PARK and self.fork_locks_busy():
+            # Parked now, it could hold a lock that os.fork needs: park it later.
             self.import_wait = True
             return
         self.parked[me] = exempt
@@ -365,9 +342,8 @@ class Freezer:
     # -- the fork -----------------------------------------------------------------------------
 
     def _take_fork_locks(self, timeout: float) -> bool:
-        # The import lock is another matter: os.fork takes it too, but it has no timeout, so we
-        # never wait for it; no thread parks while it is held, and the freeze waits until free.
-        for lock in _fork_locks():
+        rlocks, self._watched = _fork_locks()
+        for lock in rlocks:
             if not lock.acquire(timeout=max(timeout, 0.0)):
                 self._release_fork_locks()
                 return False
@@ -377,24 +353,10 @@ class Freezer:
     def _release_fork_locks(self) -> None:
         while self._held_locks:
             self._held_locks.pop().release()
-        self._handed_over.clear()
 
-    def hand_over_plain_locks(self) -> None:
-        """Before a fork: free the plain Locks we hold for the hook that acquires them next.
-
-        A thread blocked on one in C could take it in between; the window is one hook call.
-        """
-        for lock in self._held_locks:
-            if not hasattr(lock, "_is_owned"):  # an RLock is taken again re-entrantly
-                lock.release()
-                self._handed_over.append(lock)
-
-    def take_back_plain_locks(self) -> None:
-        """After a fork, in the parent: the hooks released them; hold them again."""
-        for lock in self._handed_over:
-            if not lock.acquire(blocking=False):
-                self._held_locks.remove(lock)  # a thread blocked on it got it: it is theirs
-        self._handed_over.clear()
+    def fork_locks_busy(self) -> bool:
+        """True while a lock that os.fork takes, and that we cannot hold, is held by a thread."""
+        return _imp.lock_held() or any(lock.locked() for lock in self._watched)
 
     # -- the end ------------------------------------------------------------------------------
 
@@ -418,7 +380,6 @@ class Freezer:
         self.parked.clear()
         # The modules' after-fork hooks re-created their locks (logging's, concurrent.futures').
         self._held_locks.clear()
-        self._handed_over.clear()
         if self._gc_was_enabled:
             gc.enable()
         _active = None
