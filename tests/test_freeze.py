@@ -6,37 +6,22 @@ import _imp
 import concurrent.futures
 import faulthandler
 import gc
-import importlib.util
 import io
 import logging
 import os
 import select
 import signal
 import socket
-import sys
 import threading
 import time
 import warnings
-from pathlib import Path
 
 import pytest
+import threads_support as support
 
 from gdsu_fork.freeze import quiet_fork, release_in_child
 from gdsu_fork.safepoint import paused_at_safe_point
 
-
-def _load_support():
-    """The shared thread helpers, imported once under one name."""
-    if "threads_support" not in sys.modules:
-        path = Path(__file__).parent / "scenarios" / "threads_support" / "support.py"
-        spec = importlib.util.spec_from_file_location("threads_support", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["threads_support"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["threads_support"]
-
-
-support = _load_support()
 Spinners, assert_still = support.Spinners, support.assert_still
 
 

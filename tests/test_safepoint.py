@@ -5,31 +5,18 @@ from __future__ import annotations
 import asyncio
 import dis
 import faulthandler
-import importlib.util
 import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import threads_support as support
 
 from gdsu_fork.errors import SafePointTimeout
 from gdsu_fork.freeze import FreezeError
 from gdsu_fork.safepoint import BlockerKind, find_blockers, paused_at_safe_point
 
-
-def _load_support():
-    """The shared thread helpers, imported once under one name."""
-    if "threads_support" not in sys.modules:
-        path = Path(__file__).parent / "scenarios" / "threads_support" / "support.py"
-        spec = importlib.util.spec_from_file_location("threads_support", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["threads_support"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["threads_support"]
-
-
-support = _load_support()
 Spinners, Gate, assert_still = support.Spinners, support.Gate, support.assert_still
 
 
