@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -220,6 +221,11 @@ class Finalized:
         Finalized.count += 1
 
 
+@pytest.mark.skipif(
+    sys.version_info < (3, 12),
+    reason="known crash on 3.11: the ctypes walk of thread states when the freeze closes can "
+    "segfault while this test's collector churn runs (intermittent; see the open safe-point issue)",
+)
 def test_finalizers_do_not_run_during_the_pause():
     def litter() -> None:
         Finalized()  # cyclic garbage: finalized by the collector, in whichever thread runs it
