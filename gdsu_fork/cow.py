@@ -1,0 +1,194 @@
+"""Which objects this process wrote since a fork, told by the kernel's copy-on-write bookkeeping.
+
+The engine migrates instances in a forked rehearsal child while the program runs, and reuses those
+results in the pause for every instance whose own state did not change since the fork. While a
+sentinel child still maps the pages as they were at the fork, the first write to a page gives this
+process a private copy, which /proc/self/pagemap reports as exclusively mapped (bit 56). Soft-dirty
+bits would say the same, but not every kernel has them; bit 56 is there since Linux 4.2.
+
+Use: fork the rehearsal child and open a sentinel at the same moment; take `state_pages` of the
+objects *after* that fork (in the parent or in the child: the child's memory is the fork-time
+layout); in the pause, `dirty(state, written(state.unique()))`.
+
+The answer errs on the safe side only if these hold:
+- A page not present (swapped out, never touched, freed) counts as written; so does every page once
+  the sentinel is gone. Refcount changes and the collector write object headers too: "dirty" may be
+  false, "clean" is not.
+- Any later fork whose child still lives shares every page again, which hides the writes made
+  between the two forks. Fork nothing else while a sentinel is open (or open the sentinel last,
+  once the program is paused).
+- Pages merged by KSM (only with madvise(MADV_MERGEABLE) or prctl(PR_SET_MEMORY_MERGE)) would read
+  as shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import mmap
+import os
+import signal
+from array import array
+from collections.abc import Sequence
+from types import ModuleType, TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
+
+PAGE_SIZE = 4096
+PAGEMAP = "/proc/self/pagemap"
+
+try:
+    from gdsu_fork import _statepages
+except ImportError:  # not built: supported() says False and the engine falls back
+    _statepages = None
+
+
+def _ext() -> ModuleType:
+    if _statepages is None:
+        msg = "gdsu_fork._statepages is not built; check gdsu_fork.cow.supported() before using it"
+        raise ImportError(msg)
+    return _statepages
+
+
+class StatePages:
+    """The pages holding each object's own state, as the objects were laid out when it was taken.
+
+    `pages` holds every object's sorted unique page numbers one after the other, `starts` the n+1
+    offsets where each object's run begins (both uint64).
+    """
+
+    __slots__ = ("_index", "pages", "starts")
+
+    def __init__(self, pages: Buffer, starts: Buffer) -> None:
+        self.pages = memoryview(pages).cast("B").cast("Q")
+        self.starts = memoryview(starts).cast("B").cast("Q")
+        if not self.starts or self.starts[-1] != len(self.pages):
+            msg = f"starts ({len(self.starts)} offsets) does not end at the {len(self.pages)} pages"
+            raise ValueError(msg)
+        self._index: tuple[memoryview, memoryview] | None = None
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def pages_of(self, i: int) -> memoryview:
+        """Page numbers of the i-th object's state."""
+        return self.pages[self.starts[i] : self.starts[i + 1]]
+
+    def unique(self) -> memoryview:
+        """Sorted unique pages of all objects: the pages `written` should be asked about."""
+        return self._unique_and_slots()[0]
+
+    def _unique_and_slots(self) -> tuple[memoryview, memoryview]:
+        # Sorting once also gives each entry its position among the unique pages, so that `dirty`
+        # is one pass over the entries instead of a search per entry.
+        if self._index is None:
+            unique, slots = _ext().unique_pages(self.pages)
+            self._index = (memoryview(unique).cast("Q"), memoryview(slots).cast("I"))
+        return self._index
+
+
+def state_pages(objects: Sequence[object]) -> StatePages:
+    """The pages of each object's own state (object block, instance dict, values or keys table)."""
+    if not isinstance(objects, list | tuple):
+        objects = list(objects)
+    pages, starts = _ext().state_pages(objects)
+    return StatePages(pages, starts)
+
+
+def written(pages: Buffer) -> bytes:
+    """One flag per page of `pages` (sorted unique page numbers): 1 if this process wrote it since
+    the last fork of a process still mapping it, or if it is not present; else 0."""
+    fd = os.open(PAGEMAP, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return _ext().read_written(fd, pages)
+    finally:
+        os.close(fd)
+
+
+def dirty(state: StatePages, flags: bytes) -> list[int]:
+    """Positions of the objects with any written page; `flags` is `written(state.unique())`."""
+    unique, slots = state._unique_and_slots()
+    if len(flags) != len(unique):
+        msg = f"flags has {len(flags)} entries but the state has {len(unique)} unique pages; pass written(state.unique())"
+        raise ValueError(msg)
+    return _ext().dirty_positions(state.starts, slots, flags)
+
+
+class Sentinel:
+    """A child that keeps this process's pages mapped as they were when it was forked.
+
+    It runs no Python code (forked from C, no at-fork hooks), closes every inherited descriptor
+    and waits for end of file on a pipe; it also dies with the thread that opened it.
+    """
+
+    def __init__(self) -> None:
+        read_fd, self._write_fd = os.pipe()
+        try:
+            self.pid: int = _ext().fork_sentinel(read_fd)
+        except BaseException:
+            os.close(self._write_fd)
+            raise
+        finally:
+            os.close(read_fd)
+        self._open = True
+
+    def close(self) -> None:
+        """Ends and reaps the child; from then on every page shared with it reads as written."""
+        if not self._open:
+            return
+        self._open = False
+        os.close(self._write_fd)
+        # A process forked meanwhile may hold the write end too: do not count on end of file.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+
+    def __enter__(self) -> Sentinel:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_sentinel() -> Sentinel:
+    """Forks a sentinel child; close it (or use it as a context manager) to end it."""
+    return Sentinel()
+
+
+@functools.cache
+def supported() -> bool:
+    """Whether pagemap tells written pages here: the extension is built, pagemap is readable, and a
+    page written after a fork reads as exclusive while its neighbour does not (gVisor and some
+    kernels do not report bit 56)."""
+    if _statepages is None or mmap.PAGESIZE != PAGE_SIZE:
+        return False
+    try:
+        return _self_test()
+    except OSError:
+        return False
+
+
+def _self_test() -> bool:
+    # Private, so that the fork gives the sentinel copy-on-write pages (an anonymous mmap is shared
+    # by default).
+    buf = mmap.mmap(-1, 2 * PAGE_SIZE, flags=mmap.MAP_PRIVATE)
+    try:
+        buf[0] = buf[PAGE_SIZE] = 1  # both pages present before the fork
+        first = _ext().buffer_address(buf) // PAGE_SIZE
+        pages = array("Q", [first, first + 1])
+        if written(pages) != b"\x01\x01":
+            return False
+        with open_sentinel():
+            if written(pages) != b"\x00\x00":
+                return False
+            buf[0] = 2
+            return written(pages) == b"\x01\x00"
+    finally:
+        buf.close()

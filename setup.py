@@ -1,0 +1,15 @@
+"""Declares the _statepages C extension; all other metadata lives in pyproject.toml.
+
+The extension sits here rather than in pyproject's ``[tool.setuptools] ext-modules`` so that it
+merges with another extension declared there without touching the same lines: setuptools appends
+pyproject's ext-modules to these.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        # Pages of objects' own state, pagemap reads (gdsu_fork/cow.py); CPython 3.11-3.13 layouts.
+        Extension("gdsu_fork._statepages", sources=["gdsu_fork/_statepages.c"]),
+    ],
+)
