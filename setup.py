@@ -10,6 +10,10 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         # Pages of objects' own state, pagemap reads (gdsu_fork/cow.py); CPython 3.11-3.13 layouts.
-        Extension("gdsu_fork._statepages", sources=["gdsu_fork/_statepages.c"]),
+        Extension(
+            "gdsu_fork._statepages",
+            sources=["gdsu_fork/_statepages.c"],
+            extra_compile_args=["-Werror=implicit-function-declaration"],
+        ),
     ],
 )

@@ -53,6 +53,21 @@
 /* The keys every empty dict shares (Py_EMPTY_KEYS, static in dictobject.c): never an object's own. */
 static PyDictKeysObject *empty_keys;
 
+/* A tuple or list result is GC-tracked, and on 3.11 allocating one can run a collection on the
+ * spot, finalizers (Python code) included: results are built with the collector off. */
+static PyObject *
+pair_no_gc(PyObject *a, PyObject *b)
+{
+    int enabled = PyGC_Disable();
+    PyObject *t = PyTuple_Pack(2, a, b);
+    if (enabled) {
+        PyGC_Enable();
+    }
+    Py_DECREF(a);
+    Py_DECREF(b);
+    return t;
+}
+
 /* ---- growable output of page numbers ---------------------------------------------------------- */
 
 typedef struct {
@@ -554,7 +569,7 @@ state_pages(PyObject *Py_UNUSED(module), PyObject *objects)
         Py_DECREF(starts);
         return NULL;
     }
-    return Py_BuildValue("(NN)", pages, starts);
+    return pair_no_gc(pages, starts);
 }
 
 PyDoc_STRVAR(state_ranges_doc,
@@ -569,18 +584,19 @@ state_ranges(PyObject *Py_UNUSED(module), PyObject *obj)
     r.n = 0;
     KindCache kc = {NULL, KIND_NONE};
     object_ranges(obj, &r, &kc);
+    int enabled = PyGC_Disable();
     PyObject *out = PyList_New(r.n);
-    if (out == NULL) {
-        return NULL;
-    }
-    for (int k = 0; k < r.n; k++) {
+    for (int k = 0; out != NULL && k < r.n; k++) {
         PyObject *t = Py_BuildValue("(KK)", (unsigned long long)r.lo[k],
                                     (unsigned long long)r.hi[k]);
         if (t == NULL) {
-            Py_DECREF(out);
-            return NULL;
+            Py_CLEAR(out);
+            break;
         }
         PyList_SET_ITEM(out, k, t);
+    }
+    if (enabled) {
+        PyGC_Enable();
     }
     return out;
 }
@@ -682,7 +698,7 @@ unique_pages(PyObject *Py_UNUSED(module), PyObject *arg)
         Py_DECREF(slots);
         return NULL;
     }
-    return Py_BuildValue("(NN)", u, slots);
+    return pair_no_gc(u, slots);
 }
 
 /* ---- pagemap -------------------------------------------------------------------------------------- */
@@ -795,6 +811,7 @@ dirty_positions(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
         return NULL;
     }
     PyObject *out = NULL;
+    int enabled = PyGC_Disable(); /* as in pair_no_gc */
     const uint64_t *start = vs.buf;
     const uint32_t *slot = vslot.buf;
     const uint8_t *flag = vf.buf;
@@ -834,6 +851,9 @@ dirty_positions(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
         }
     }
 done:
+    if (enabled) {
+        PyGC_Enable();
+    }
     PyBuffer_Release(&vs);
     PyBuffer_Release(&vslot);
     PyBuffer_Release(&vf);

@@ -6,19 +6,26 @@ sentinel child still maps the pages as they were at the fork, the first write to
 process a private copy, which /proc/self/pagemap reports as exclusively mapped (bit 56). Soft-dirty
 bits would say the same, but not every kernel has them; bit 56 is there since Linux 4.2.
 
-Use: fork the rehearsal child and open a sentinel at the same moment; take `state_pages` of the
-objects *after* that fork (in the parent or in the child: the child's memory is the fork-time
-layout); in the pause, `dirty(state, written(state.unique()))`.
+"Written" means exclusively mapped: written since the most recent fork whose child still maps the
+page. Hence the order: open the sentinel, then fork the rehearsal child (its memory is the
+reference), then fork nothing else until the pause has read `written`. A page written between the
+two forks reads as clean while the rehearsal child still maps it, and that child saw the write; a
+sentinel forked after the rehearsal child would hide such writes. A fork by the program itself
+after the rehearsal child hides the writes made before it for as long as its child lives: a
+`ForkCanary` armed right after the rehearsal fork tells whether that happened.
 
-The answer errs on the safe side only if these hold:
-- A page not present (swapped out, never touched, freed) counts as written; so does every page once
-  the sentinel is gone. Refcount changes and the collector write object headers too: "dirty" may be
-  false, "clean" is not.
-- Any later fork whose child still lives shares every page again, which hides the writes made
-  between the two forks. Fork nothing else while a sentinel is open (or open the sentinel last,
-  once the program is paused).
-- Pages merged by KSM (only with madvise(MADV_MERGEABLE) or prctl(PR_SET_MEMORY_MERGE)) would read
-  as shared.
+Take `state_pages` of the objects after the rehearsal fork (in the parent or in the child: the
+child's memory is the fork-time layout; taken before the fork, a dict materialized in between
+would be missed), call `unique()` while the program still runs, and in the pause
+`dirty(state, written(state.unique()))`. Between the fork and the pause the engine must not touch
+the objects itself: building a new list of them, or any reference taken from Python, writes their
+refcounts and makes them dirty.
+
+Where the answer can be wrong, it errs on the safe side: a page not present (swapped out, never
+touched, freed) counts as written, and so does every page once the sentinel is gone; refcount
+changes and the collector write object headers too. "Dirty" may be false, "clean" is not, except
+for pages merged by KSM (only under madvise(MADV_MERGEABLE) or prctl(PR_SET_MEMORY_MERGE)), which
+read as shared.
 """
 
 from __future__ import annotations
@@ -90,7 +97,10 @@ class StatePages:
 
 
 def state_pages(objects: Sequence[object]) -> StatePages:
-    """The pages of each object's own state (object block, instance dict, values or keys table)."""
+    """The pages of each object's own state (object block, instance dict, values or keys table).
+
+    Pass a list or tuple made before the fork: it is read without touching a refcount, while any
+    other sequence is copied into a list, which writes the refcount of every object."""
     if not isinstance(objects, list | tuple):
         objects = list(objects)
     pages, starts = _ext().state_pages(objects)
@@ -160,6 +170,48 @@ class Sentinel:
 def open_sentinel() -> Sentinel:
     """Forks a sentinel child; close it (or use it as a context manager) to end it."""
     return Sentinel()
+
+
+class ForkCanary:
+    """A private page that tells whether this process forked again since `arm()`.
+
+    Armed (written) right after the reference fork, the page is this process's alone; a later fork
+    shares it with the new child for as long as that child lives, and with it every page written
+    since, which would then read as clean. The page is an anonymous mapping of its own, which no
+    other code writes.
+    """
+
+    def __init__(self) -> None:
+        self._page = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE)
+        self._pages = array("Q", [_ext().buffer_address(self._page) // PAGE_SIZE])
+
+    def arm(self) -> None:
+        """Call right after the reference fork (the rehearsal child's)."""
+        self._page[0] = (self._page[0] + 1) % 256
+
+    def forked_since(self) -> bool:
+        """Whether a process forked since `arm()` still lives: `dirty` cannot be trusted then."""
+        return written(self._pages) != b"\x01"
+
+    def close(self) -> None:
+        """Unmaps the page."""
+        self._page.close()
+
+    def __enter__(self) -> ForkCanary:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_canary() -> ForkCanary:
+    """A fork canary; close it (or use it as a context manager) to unmap its page."""
+    return ForkCanary()
 
 
 @functools.cache

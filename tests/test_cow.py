@@ -371,7 +371,7 @@ def test_writer_child_does_not_dirty_parent_while_sentinel_lives() -> None:
             try:
                 for p in probes:
                     p.a = 10
-                    p.new = 11
+                    p.new = 11  # type: ignore[attr-defined]
                 code = 0
             finally:
                 os._exit(code)
@@ -380,8 +380,7 @@ def test_writer_child_does_not_dirty_parent_while_sentinel_lives() -> None:
         dirty = set(cow.dirty(state, cow.written(state.unique())))
         assert not dirty & set(range(CHECKED.start, CHECKED.stop))
     # The sentinel is gone: every page it shared is this process's alone and reads as written.
-    dirty = cow.dirty(state, cow.written(state.unique()))
-    assert dirty == list(range(len(objects)))
+    assert cow.dirty(state, cow.written(state.unique())) == list(range(len(objects)))
 
 
 @needs_cow
@@ -400,6 +399,35 @@ def test_open_sentinel_detects_like_a_forked_one() -> None:
     with pytest.raises(ChildProcessError):
         os.waitpid(sentinel.pid, os.WNOHANG)  # reaped
     assert cow.dirty(state, cow.written(state.unique())) == list(range(len(objects)))
+
+
+@needs_cow
+def test_a_later_fork_hides_earlier_writes_while_its_child_lives() -> None:
+    """The hazard the fork canary exists for: after a second fork, pages written before it are
+    shared again, so they read as clean until that child is gone."""
+    probes = make_probes()
+    changed = probes[CHECKED]
+    positions = set(range(CHECKED.start, CHECKED.stop))
+    with collector_off(), forked_sentinel():
+        state = cow.state_pages(probes)
+        for p in changed:
+            p.a = 10
+        unique = state.unique()
+        with forked_sentinel():
+            hidden = set(cow.dirty(state, cow.written(unique))) & positions
+        shown = set(cow.dirty(state, cow.written(unique))) & positions
+    assert hidden == set()
+    assert shown == positions
+
+
+@needs_cow
+def test_fork_canary_tells_a_later_fork_while_its_child_lives() -> None:
+    with cow.open_canary() as canary, forked_sentinel():
+        canary.arm()
+        assert not canary.forked_since()
+        with forked_sentinel():
+            assert canary.forked_since()
+        assert not canary.forked_since()
 
 
 @needs_pagemap
@@ -483,7 +511,7 @@ def _plain_dict() -> Plain:
 
 def _plain_class_changed() -> Plain:
     o = Plain()
-    o.__class__ = Other
+    o.__class__ = Other  # type: ignore[assignment]
     return o
 
 
