@@ -10,8 +10,14 @@ update comes.
 
 from __future__ import annotations
 
+import gc
 import importlib
 from typing import TYPE_CHECKING, Any
+
+# Objects in the collector's permanent generation before the program could freeze any: 3.12.1
+# starts with a few hundred of its own. More than these at an update means the program uses
+# gc.freeze itself (engine.py). Taken here, when the supervisor's agent first imports us.
+STARTUP_FROZEN = gc.get_freeze_count()
 
 if TYPE_CHECKING:
     from . import policies

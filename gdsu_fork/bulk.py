@@ -4,19 +4,69 @@ Shipping each migrated instance's whole state would make the pause grow with the
 object. Instead the child ships, per instance, only what differs: its new class, the attributes
 to delete and the attributes whose value changed. Instances are named by their position in a list
 that the parent built just before the fork and the child inherited (no address to check), and a
-value moved from one attribute to another (a rename) travels as the name it came from. The parent
-applies it with C-level loops, and can undo it.
+value moved from one attribute to another (a rename) travels as the name it came from.
+
+Instances that change the same way — same old class, same new class, same attributes deleted —
+form a group, stored as an array of positions. The parent applies a group with a few C-level
+`map` calls (`__class__` assignments, in-place deletions) and no Python-level loop per
+instance: this is the hot path of a large migration's pause. It can undo what it applied.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import gc
+import inspect
 from array import array
-from itertools import repeat
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain, repeat
+from operator import is_
 from typing import Any
 
 _MISSING: Any = object()
+
+# (old class slot, new class slot or -1: unchanged, removal slot or 0: none)
+GroupKey = tuple[int, int, int]
+
+
+class Listing:
+    """The objects a bulk migration's positions refer to: the marked ones, then those made
+    since the mark. The parts are never joined: building one list would touch every object,
+    and after a fork each page touched first costs a copy."""
+
+    def __init__(self, *parts: Sequence[Any]) -> None:
+        self.parts = parts
+        self._starts = list(chain([0], _running_sum(map(len, parts))))
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __getitem__(self, position: int) -> Any:
+        part = bisect.bisect_right(self._starts, position) - 1
+        if position < 0 or part >= len(self.parts):
+            raise IndexError(position)
+        return self.parts[part][position - self._starts[part]]
+
+    def take(self, positions: Sequence[int]) -> list[Any]:
+        """The objects at `positions`, which must be sorted (C-level loops per part)."""
+        taken: list[Any] = []
+        lo = 0
+        for part, start in zip(self.parts, self._starts, strict=False):
+            hi = bisect.bisect_left(positions, start + len(part), lo)
+            chunk = positions[lo:hi]
+            if start:
+                chunk = [p - start for p in chunk]
+            taken.extend(map(part.__getitem__, chunk))
+            lo = hi
+        return taken
+
+
+def _running_sum(values: Iterable[int]) -> Iterator[int]:
+    total = 0
+    for value in values:
+        total += value
+        yield total
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,35 +78,49 @@ class FromAttr:
 
 @dataclasses.dataclass
 class BulkMigration:
-    """Per migrated instance: its index, new class (table index, -1: unchanged), removed
-    attributes (table index) and changed values."""
+    """Migrated instances grouped by how they change; tables of classes and of attribute
+    tuples to delete. An instance whose values change also gets a new `__dict__`: `changed`
+    holds, by position, its new values and the attributes it loses.
 
-    indices: array = dataclasses.field(default_factory=lambda: array("q"))
-    class_of: array = dataclasses.field(default_factory=lambda: array("q"))
-    removed_of: array = dataclasses.field(default_factory=lambda: array("q"))
+    Invariant: `add` is called in increasing position order, so every group is sorted.
+    """
+
     classes: list[type] = dataclasses.field(default_factory=list)
     removals: list[tuple[str, ...]] = dataclasses.field(default_factory=lambda: [()])
-    changed: dict[int, dict[str, Any]] = dataclasses.field(
+    groups: dict[GroupKey, array] = dataclasses.field(default_factory=dict)
+    changed: dict[int, tuple[dict[str, Any], tuple[str, ...]]] = dataclasses.field(
         default_factory=dict
-    )  # position -> values
+    )
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return sum(map(len, self.groups.values()))
 
     def add(
         self,
         index: int,
+        old_class: type,
         new_class: type | None,
         removed: tuple[str, ...],
         changed: dict[str, Any],
     ) -> None:
         """Record one instance's migration (child side)."""
         if changed:
-            self.changed[len(self.indices)] = changed
-        self.indices.append(index)
-        self.class_of.append(-1 if new_class is None else self._class_slot(new_class))
+            self.changed[index] = (changed, removed)
+            removed = ()
+        self.group(old_class, new_class, removed).append(index)
+
+    def group(self, old_class: type, new_class: type | None, removed: tuple[str, ...]) -> array:
+        """The positions of the instances that change so (append to it in position order)."""
         slot = self._lookup.get(removed)
-        self.removed_of.append(slot if slot is not None else self._removal_slot(removed))
+        key = (
+            self._class_slot(old_class),
+            -1 if new_class is None else self._class_slot(new_class),
+            slot if slot is not None else self._removal_slot(removed),
+        )
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = array("q")
+        return group
 
     def _class_slot(self, cls: type) -> int:
         slot = self._lookup.get(id(cls))
@@ -70,9 +134,13 @@ class BulkMigration:
         self.removals.append(removed)
         return slot
 
-    def __post_init__(self) -> None:
+    def _index_tables(self) -> None:
         # where a class (by id) or a removal tuple sits in its table; not part of the delta
-        self._lookup: dict[Any, int] = {(): 0}
+        self._lookup: dict[Any, int] = {removed: i for i, removed in enumerate(self.removals)}
+        self._lookup.update((id(cls), i) for i, cls in enumerate(self.classes))
+
+    def __post_init__(self) -> None:
+        self._index_tables()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -81,23 +149,72 @@ class BulkMigration:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lookup = {}
+        self._index_tables()
+
+    def indices(self) -> Iterator[int]:
+        """The position of every migrated instance."""
+        return chain.from_iterable(self.groups.values())
+
+    def old_classes(self) -> set[type]:
+        """The live classes of the migrated instances."""
+        return {self.classes[old] for old, _, _ in self.groups}
+
+    def select(self, keep: Callable[[type], bool]) -> BulkMigration:
+        """The entries of the instances whose live class `keep` accepts (same tables)."""
+        groups = {k: v for k, v in self.groups.items() if keep(self.classes[k[0]])}
+        chosen = set(chain.from_iterable(groups.values())) if self.changed else set()
+        return BulkMigration(
+            classes=self.classes,
+            removals=self.removals,
+            groups=groups,
+            changed={i: v for i, v in self.changed.items() if i in chosen},
+        )
+
+    def without(self, positions: Iterable[int]) -> BulkMigration:
+        """A copy without the entries of the instances at `positions` (same tables); the
+        groups' positions are sorted, so each group is cut with slices, not scanned."""
+        drop = sorted(positions)
+        gone = set(drop)
+        groups = {}
+        for key, group in self.groups.items():
+            kept = array("q")
+            lo = 0
+            for position in drop[bisect.bisect_left(drop, group[0]) :] if group else ():
+                if position > group[-1]:
+                    break
+                at = bisect.bisect_left(group, position, lo)
+                if at < len(group) and group[at] == position:
+                    kept.extend(group[lo:at])
+                    lo = at + 1
+            if lo:
+                kept.extend(group[lo:])
+                group = kept
+            if group:
+                groups[key] = group
+        return BulkMigration(
+            classes=self.classes,
+            removals=self.removals,
+            groups=groups,
+            changed={i: v for i, v in self.changed.items() if i not in gone},
+        )
 
     def has_tracked_values(self, replacements: dict[int, Any]) -> bool:
         """Whether a changed value may be an object the child made (it must then tell old
         objects from new ones with a full young-generation snapshot)."""
         return any(
             gc.is_tracked(v) and not isinstance(v, FromAttr) and id(v) not in replacements
-            for values in self.changed.values()
+            for values, _ in self.changed.values()
             for v in values.values()
         )
 
     def containers(self) -> list[Any]:
         """Every container this object made: all are new, whatever the collector says."""
-        made: list[Any] = [self, self.classes, self.removals, self.changed, self._lookup]
-        for values in self.changed.values():
-            made.append(values)
-            made.extend(v for v in values.values() if isinstance(v, FromAttr))
+        made: list[Any] = [self, self.classes, self.removals, self.groups, self.changed]
+        made.append(self._lookup)
+        made.extend(self.groups.values())  # arrays are tracked by the collector
+        for entry in self.changed.values():
+            made.extend(entry)
+            made.extend(v for v in entry[0].values() if isinstance(v, FromAttr))
         return made
 
 
@@ -112,59 +229,101 @@ def diff_state(
 def diff_values(old_state: dict[str, Any], new_state: dict[str, Any]) -> dict[str, Any]:
     """The values of `new_state` that differ from `old_state`'s (by identity); a value the old
     state holds under another name becomes `FromAttr` (a renamed field travels as its name)."""
-    changed: dict[str, Any] = {}
-    where: dict[int, str] | None = None
-    for key, value in new_state.items():
-        if old_state.get(key, _MISSING) is value:
-            continue
-        if where is None:
-            where = {id(v): k for k, v in old_state.items()}
-        source = where.get(id(value))
-        changed[key] = FromAttr(source) if source is not None else value
+    if all(map(is_, new_state.values(), map(old_state.get, new_state, repeat(_MISSING)))):
+        return {}  # the common case, checked by C-level loops
+    get = old_state.get
+    changed = {k: v for k, v in new_state.items() if get(k, _MISSING) is not v}
+    if changed:
+        where = {id(v): k for k, v in old_state.items()}
+        for key, value in changed.items():
+            source = where.get(id(value))
+            if source is not None:
+                changed[key] = FromAttr(source)
     return changed
 
 
-class AppliedBulk:
-    """What `apply_bulk` did, so it can be undone if a later step of the commit fails."""
+def _is_data_descriptor(cls: type, name: str) -> bool:
+    attr = inspect.getattr_static(cls, name, None)
+    return hasattr(type(attr), "__set__") or hasattr(type(attr), "__delete__")
 
-    def __init__(self, targets: list[Any], classes: list[type]) -> None:
-        self.targets = targets
-        self.classes = classes
-        self.namespaces: dict[int, dict[str, Any]] = {}  # position -> the replaced __dict__
+
+class AppliedBulk:
+    """What `apply_bulk` did, in order, so it can be undone if a later step fails."""
+
+    def __init__(self) -> None:
+        self._undo: list[Callable[[], None]] = []
 
     def undo(self) -> None:
-        for target, cls in zip(self.targets, self.classes, strict=True):
-            if type(target) is not cls:
-                object.__setattr__(target, "__class__", cls)
-        for position, namespace in self.namespaces.items():
-            object.__setattr__(self.targets[position], "__dict__", namespace)
+        while self._undo:
+            self._undo.pop()()
 
 
-def apply_bulk(bulk: BulkMigration, objects: list[Any]) -> AppliedBulk:
+def _new_state(target: Any, values: dict[str, Any], gone: tuple[str, ...]) -> dict[str, Any]:
+    namespace = target.__dict__
+    state = {k: v for k, v in namespace.items() if k not in gone} if gone else dict(namespace)
+    for key, value in values.items():
+        state[key] = namespace[value.name] if isinstance(value, FromAttr) else value
+    return state
+
+
+def _set_class(group: list[Any], old: type, new: type) -> Callable[[], None]:
+    list(map(object.__setattr__, group, repeat("__class__"), repeat(new)))
+    return lambda: list(map(object.__setattr__, group, repeat("__class__"), repeat(old)))
+
+
+def _delete(group: list[Any], cls: type, names: tuple[str, ...]) -> Callable[[], None]:
+    """Delete attributes in place from the instances' own namespace; returns the undo."""
+    removed: list[tuple[str, list[Any]]] = []
+
+    def undo() -> None:
+        for name, values in reversed(removed):
+            for target, value in zip(group, values, strict=True):
+                vars(target)[name] = value
+
+    try:
+        for name in names:
+            if _is_data_descriptor(cls, name):  # it must not intercept the deletion
+                namespaces = list(map(vars, group))
+                values = [ns[name] for ns in namespaces]
+                removed.append((name, values))
+                for ns in namespaces:
+                    del ns[name]
+            else:
+                values = list(map(object.__getattribute__, group, repeat(name)))
+                removed.append((name, values))
+                list(map(object.__delattr__, group, repeat(name)))
+    except BaseException:
+        undo()
+        raise
+    return undo
+
+
+def apply_bulk(bulk: BulkMigration, objects: Listing) -> AppliedBulk:
     """Migrate the instances in place (parent and child alike); undone on an exception.
 
     A changed state goes in as a new `__dict__`: the old one stays intact, for the undo and, in
-    the child, as the old side of `env.pairs`.
+    the child, as the old side of `env.pairs`. Then each group gets its new class and loses its
+    deleted attributes in place (class first: on 3.11 and 3.12 the assignment is cheaper on an
+    intact namespace).
     """
-    targets = [objects[i] for i in bulk.indices]
-    applied = AppliedBulk(targets, list(map(type, targets)))
-    class_of = bulk.class_of
+    applied = AppliedBulk()
+    steps = applied._undo
     try:
-        for slot, cls in enumerate(bulk.classes):
-            group = [t for t, c in zip(targets, class_of, strict=True) if c == slot]
-            list(map(object.__setattr__, group, repeat("__class__"), repeat(cls)))
-        removals, removed_of, changed = bulk.removals, bulk.removed_of, bulk.changed
-        for position in {p for p, r in enumerate(removed_of) if r} | changed.keys():
-            target = targets[position]
+        for index, (values, gone) in bulk.changed.items():
+            target = objects[index]
             namespace = target.__dict__
-            gone = removals[removed_of[position]]
-            state = (
-                {k: v for k, v in namespace.items() if k not in gone} if gone else dict(namespace)
-            )
-            for key, value in changed.get(position, {}).items():
-                state[key] = namespace[value.name] if isinstance(value, FromAttr) else value
-            object.__setattr__(target, "__dict__", state)
-            applied.namespaces[position] = namespace
+            object.__setattr__(target, "__dict__", _new_state(target, values, gone))
+            steps.append(lambda t=target, ns=namespace: object.__setattr__(t, "__dict__", ns))
+        classes, removals = bulk.classes, bulk.removals
+        for (old, new, removed), indices in bulk.groups.items():
+            if new < 0 and not removed:
+                continue
+            group = objects.take(indices)
+            if new >= 0:
+                steps.append(_set_class(group, classes[old], classes[new]))
+            if removed:
+                current = classes[new if new >= 0 else old]
+                steps.append(_delete(group, current, removals[removed]))
     except BaseException:
         applied.undo()
         raise

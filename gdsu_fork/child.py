@@ -20,8 +20,10 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from . import ahead as ahead_
 from . import delta as delta_codec
 from .analysis import bindings, definitions
+from .bulk import Listing
 from .commit import apply_delta
 from .delta import Delta, Op, OpKind
 from .env import Env
@@ -60,6 +62,14 @@ class Job:
     # in a pause: gc.get_objects() taken by the parent just before the fork, so that parent and
     # child index the same list (bulk.py)
     young: list[Any] | None = None
+    # rehearsing without the parent's heap mark: stop after the analysis if instances are
+    # affected (the engine marks the heap and rehearses the migration in a second child)
+    defer_instances: bool = False
+    # rehearsing on the marked heap: send the migrations the pause may reuse (ahead.py)
+    speculate: bool = False
+    # in the pause: the rehearsal's migrations, and the marked positions written since
+    ahead: ahead_.Ahead | None = None
+    written: frozenset[int] | None = None
 
 
 @dataclasses.dataclass
@@ -73,6 +83,8 @@ class Analysis:
     nested: bool = False
     migrated: int = 0
     affected: list[str] = dataclasses.field(default_factory=list)  # "module:qualname" of classes
+    deferred: bool = False  # instances are affected: the migration was not rehearsed yet
+    reused: int = 0  # migrations taken from the rehearsal
 
 
 def pack(analysis: Analysis, delta: bytes = b"") -> bytes:
@@ -93,6 +105,8 @@ def unpack(data: bytes) -> tuple[Analysis, bytes]:
         nested=fields["nested"],
         migrated=fields["migrated"],
         affected=list(fields["affected"]),
+        deferred=fields["deferred"],
+        reused=fields["reused"],
     )
     return analysis, data[4 + size :]
 
@@ -301,13 +315,13 @@ class _Heap:
 
     def __init__(self, job: Job) -> None:
         self.job = job
-        self._objects: list[Any] | None = None
+        self._objects: Listing | None = None
         self.made_here: set[int] = set()  # objects this child made before walking the heap
 
-    def objects(self) -> list[Any]:
+    def objects(self) -> Listing:
         if self._objects is None:
             if self.job.young is not None:
-                self._objects = [*self.job.prior_objects, *self.job.young]
+                self._objects = Listing(self.job.prior_objects, self.job.young)
             else:
                 # Everything old is in the permanent generation, which gc.get_objects() skips:
                 # bring it back for one listing, and keep apart what this child made.
@@ -316,11 +330,11 @@ class _Heap:
                 listed = gc.get_objects()
                 gc.freeze()
                 made = self.made_here
-                self._objects = [o for o in listed if id(o) not in made]
+                self._objects = Listing([o for o in listed if id(o) not in made])
         return self._objects
 
     def functions(self) -> list[types.FunctionType]:
-        return [o for o in self.objects() if type(o) is types.FunctionType]
+        return [o for part in self.objects().parts for o in part if type(o) is types.FunctionType]
 
 
 def run(job: Job, mode: Mode) -> bytes:
@@ -334,16 +348,33 @@ def run(job: Job, mode: Mode) -> bytes:
     environment.build(heap.functions)
     merge = environment.merge
     rewrites = Rewrites(merge)
-    migration = Migration(patch, merge, environment.env(), environment.snapshots, rewrites)
+    migration = Migration(
+        patch,
+        merge,
+        environment.env(),
+        environment.snapshots,
+        rewrites,
+        keep_pairs=bool(APP_VALIDATIONS or patch.validations),
+    )
     analysis = environment.analysis()
     analysis.affected = sorted(qualified(c) for c in migration.affected_classes())
     if mode is Mode.ANALYSE:
         return pack(analysis)
-    objects = heap.objects() if analysis.affected else []
+    if job.defer_instances and analysis.affected:
+        analysis.deferred = True
+        return pack(analysis)
+    objects = heap.objects() if analysis.affected else Listing()
+    pages = ahead_.state_pages(objects.parts[0]) if job.speculate and len(objects) else None
+    reuse = (
+        ahead_.Reuse.load(job.ahead, job.written, len(job.prior_objects))
+        if job.ahead is not None and job.written is not None
+        else None
+    )
     new_ids = delta_codec.young_object_ids() | heap.made_here  # what building it made
     ops_before = len(merge.ops)
-    migration.migrate(objects)
+    migration.migrate(objects, reuse)
     analysis.migrated = migration.count
+    analysis.reused = migration.reused
     bulk = migration.bulk
     if rewrites.pairs or len(merge.ops) > ops_before or bulk.has_tracked_values(merge.replacements):
         # migrations made values the delta carries
@@ -352,13 +383,21 @@ def run(job: Job, mode: Mode) -> bytes:
         new_ids |= {id(c) for c in bulk.containers()}
     # the heap's list and the job's lists are the engine's: never rewrite inside them
     engine_lists = {id(objects), id(job.prior_objects), id(job.young), id(job.frames)}
+    engine_lists.update(id(part) for part in objects.parts)
     rewrites.plan(new_ids | engine_lists, job.frames)
     environment.refuse_if_needed()
-    delta = Delta(environment.new_modules, merge.ops, bulk)
+    captured = (
+        ahead_.capture(
+            bulk, migration.reusable_classes(), objects, pages, new_ids, merge.replacements
+        )
+        if pages is not None and not rewrites.pairs
+        else None
+    )
+    delta = Delta(environment.new_modules, merge.ops, bulk, migration.reused_bulk)
     data = delta_codec.encode(delta, replacements=merge.replacements, new_ids=new_ids)
     environment.restore()
     decoded = delta_codec.decode(data)
-    apply_delta(decoded, objects)
+    apply_delta(decoded, objects, reused=migration.keep_pairs)
     migration.env.forget_lookups()
     _validate(environment, decoded.ops, migration.env)
-    return pack(analysis, data)
+    return pack(analysis, data if mode is Mode.COMMIT else captured or b"")

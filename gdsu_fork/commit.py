@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .bulk import apply_bulk
+from .bulk import AppliedBulk, Listing, apply_bulk
 from .delta import Delta, Op, OpKind
 
 _MISSING: Any = object()
@@ -128,15 +128,21 @@ def apply_ops(ops: Sequence[Op]) -> Callable[[], None]:
     return lambda: _undo(done)
 
 
-def apply_delta(delta: Delta, objects: Sequence[Any]) -> None:
+def apply_delta(delta: Delta, objects: Listing, *, reused: bool = True) -> None:
     """The commit: the operations, then the instances migrated in place; all or nothing.
 
-    `objects` is the list the bulk migration's indices refer to (see bulk.py).
+    `objects` is the list the bulk migrations' indices refer to (see bulk.py). `reused`: apply
+    the migrations taken from the rehearsal too (the pause child leaves them out when no
+    validation looks at instances: the rehearsal applied them to the same, unchanged objects).
     """
     undo = apply_ops(delta.ops)
-    if delta.bulk is not None and len(delta.bulk):
-        try:
-            apply_bulk(delta.bulk, list(objects))
-        except BaseException:
-            undo()
-            raise
+    applied: list[AppliedBulk] = []
+    try:
+        for bulk in (delta.bulk, delta.reused if reused else None):
+            if bulk is not None and len(bulk):
+                applied.append(apply_bulk(bulk, objects))
+    except BaseException:
+        for done in reversed(applied):
+            done.undo()
+        undo()
+        raise

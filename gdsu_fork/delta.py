@@ -44,11 +44,13 @@ class Op(NamedTuple):
 
 class Delta(NamedTuple):
     """What a commit applies: new modules first (so their globals resolve), then the operations,
-    then the instances migrated in place."""
+    then the instances migrated in place: those migrated in the pause (`bulk`), and those taken
+    from the rehearsal (`reused`, see ahead.py)."""
 
     new_modules: list[types.ModuleType]
     ops: list[Op]
     bulk: BulkMigration | None = None
+    reused: BulkMigration | None = None
 
 
 # --- rebuilding what the child created (run in the parent while unpickling) -------------------
@@ -268,7 +270,7 @@ def encode(delta: Delta, *, replacements: dict[int, Any], new_ids: set[int] | No
     `new_ids`: ids of the objects the child made (default: the young generations now).
     """
     ops = [(k, _Old(t), key, v) for k, t, key, v in delta.ops]
-    payload = (delta.new_modules, ops, delta.bulk)
+    payload = (delta.new_modules, ops, delta.bulk, delta.reused)
     new_module_dicts = {id(m.__dict__): m.__name__ for m in delta.new_modules}
     # (after building `ops`, so that the list counts as new)
     new_ids = young_object_ids() if new_ids is None else new_ids | {id(ops)}
@@ -307,11 +309,14 @@ def decode(data: bytes) -> Delta:
     """
     _LOADING_MODULES.clear()
     try:
-        new_modules, ops, bulk = _DeltaUnpickler(io.BytesIO(data)).load()
+        new_modules, ops, bulk, reused = _DeltaUnpickler(io.BytesIO(data)).load()
     finally:
         _LOADING_MODULES.clear()
     return Delta(
-        new_modules, [Op(OpKind(k), target, key, value) for k, target, key, value in ops], bulk
+        new_modules,
+        [Op(OpKind(k), target, key, value) for k, target, key, value in ops],
+        bulk,
+        reused,
     )
 
 

@@ -21,14 +21,16 @@ from typing import Any
 
 import psutil
 
+from . import STARTUP_FROZEN, cow, safepoint
+from . import ahead as ahead_
 from . import analysis as analysis_
 from . import delta as delta_codec
-from . import safepoint
+from .bulk import Listing
 from .child import Analysis, Job, Mode, unpack
 from .child import run as child_run
 from .commit import apply_delta
 from .errors import GdsuError, SafePointTimeout
-from .isolate import ChildResult, reap, run_forked
+from .isolate import ChildResult, Snapshot, reap, run_forked
 from .patch import Patch
 from .progress import Phase, Progress, ProgressCallback
 from .report import Change, ChangeKind, Outcome, Report
@@ -76,13 +78,18 @@ class _Update:
         self.child_memory = child_memory if child_memory is not None else default_child_memory()
         self.report = Report(Outcome.DISCARDED)
         self.started = time.perf_counter()
+        # the rehearsal's migrations, reusable in the pause while its snapshot is held (ahead.py)
+        self.ahead: ahead_.Ahead | None = None
+        self.ahead_pages: cow.StatePages | None = None
+        self.snapshot: Snapshot | None = None
+        self.marked = False  # the heap was listed at the mark (job.prior_objects)
 
     def emit(self, phase: Phase, message: str, **data: object) -> None:
         if self.progress is not None:
             with contextlib.suppress(Exception):  # a broken listener must not break the update
                 self.progress(Progress(phase, message, dict(data)))
 
-    def fork(self, mode: Mode) -> ChildResult:
+    def fork(self, mode: Mode, *, snapshot: bool = False) -> ChildResult:
         return run_forked(
             lambda: child_run(self.job, mode),
             timeout=self.timeout,
@@ -90,6 +97,7 @@ class _Update:
             fork=safepoint.quiet_fork,
             on_start=lambda pid: self.emit(Phase.CHILD, f"update child {pid} started", pid=pid),
             reap_now=mode is not Mode.COMMIT,  # the commit child exits after the pause
+            snapshot=snapshot,
         )
 
     def finish(self, outcome: Outcome, reason: str | None = None) -> Report:
@@ -108,14 +116,19 @@ class _Update:
         self.report.title = analysis.title
         self.report.changes = [Change(name, ChangeKind(kind)) for name, kind in analysis.changes]
         self.report.migrated = analysis.migrated
+        self.report.reused = analysis.reused
 
     def run(self) -> Report:
         first_mode = Mode.REHEARSE if self.rehearse else Mode.ANALYSE
+        self.job.defer_instances = self.rehearse
         if self.rehearse:
             self.emit(Phase.REHEARSING, "rehearsing in a forked child; the program runs on")
         else:
             self.emit(Phase.ANALYSING, "analysing the patch in a forked child")
-        result = self.fork(first_mode)
+        try:
+            result = self.fork(first_mode)
+        finally:
+            self.job.defer_instances = False
         self.report.timings["rehearse"] = _ms(result.seconds)
         if not result.ok:
             return self.finish(Outcome.DISCARDED, result.reason)
@@ -124,7 +137,57 @@ class _Update:
         codes = analysis_.blocking_codes([(m, tuple(s)) for m, s in analysis.blocking])  # type: ignore[misc]
         allowed = _allowed_codes(analysis.allowed)
         with self.heap_mark(analysis, codes - allowed) as suspended:
-            return self.wait_pause_commit(codes, allowed, suspended)
+            try:
+                if analysis.deferred:
+                    failure = self.rehearse_migration()
+                    if failure is not None:
+                        return failure
+                return self.wait_pause_commit(codes, allowed, suspended)
+            finally:
+                self.release_snapshot()
+
+    def rehearse_migration(self) -> Report | None:
+        """Rehearse the migration on the marked instances while the program runs; keep what
+        the pause may reuse. A report if the rehearsal failed (nothing changed, no pause)."""
+        self.emit(
+            Phase.REHEARSING,
+            f"rehearsing the migration of {len(self.job.prior_objects)} marked object(s); "
+            "the program runs on",
+        )
+        # The marked objects, nothing else; without a mark (the program uses gc.freeze) the child
+        # walks its heap itself, and no result can be reused (the lists would not match).
+        self.job.speculate, self.job.young = self.marked, [] if self.marked else None
+        try:
+            result = self.fork(Mode.REHEARSE, snapshot=self.marked)
+        finally:
+            self.job.speculate, self.job.young = False, None
+        self.report.timings["rehearse"] += _ms(result.seconds)
+        if not result.ok:
+            return self.finish(Outcome.DISCARDED, result.reason)
+        analysis, captured = unpack(result.payload)
+        self.take_analysis(analysis)
+        self.snapshot = result.snapshot
+        if captured:
+            self.ahead = ahead_.Ahead.decode(captured)
+            self.ahead_pages = ahead_.prepare(self.ahead)
+        else:
+            self.release_snapshot()
+        return None
+
+    def release_snapshot(self) -> None:
+        if self.snapshot is not None:
+            self.snapshot.release()
+            self.snapshot = None
+
+    def reusable_positions(self) -> None:
+        """In the pause, before anything touches the marked objects: which of the rehearsal's
+        migrations still hold (their instances were not written since), for the pause child."""
+        if self.ahead is None or self.ahead_pages is None:
+            return
+        written = ahead_.written_positions(self.ahead_pages, self.snapshot)
+        self.release_snapshot()
+        if written is not None:
+            self.job.ahead, self.job.written = self.ahead, written
 
     @contextlib.contextmanager
     def heap_mark(self, analysis: Analysis, blocking: set[types.CodeType]) -> Iterator[list[Any]]:
@@ -137,7 +200,7 @@ class _Update:
         so the program's threads are parked for those two C-level steps (about 20 ms per
         million objects); sorting the listing happens after they run on.
         """
-        if gc.get_freeze_count():
+        if gc.get_freeze_count() > STARTUP_FROZEN:
             # The program uses gc.freeze itself: no mark, the pause lists every unfrozen object.
             # (Objects the program froze are invisible to the collector and are not found.)
             yield safepoint.find_suspended(blocking)
@@ -154,6 +217,7 @@ class _Update:
         try:
             if listing is not None:
                 self.job.prior_objects = _needed(analysis, listing)
+                self.marked = True
             del listing
             yield suspended
         finally:
@@ -193,6 +257,7 @@ class _Update:
             return self.finish(Outcome.ABORTED, str(exc))
 
     def commit_in_pause(self, pause_started: float) -> Report:
+        self.reusable_positions()
         me = threading.get_ident()
         self.job.frames = [f for ident, f in sys._current_frames().items() if ident != me]
         self.job.young = gc.get_objects()  # the child indexes this very list
@@ -200,6 +265,7 @@ class _Update:
             return self.run_commit_child(pause_started)
         finally:
             self.job.frames, self.job.young = [], None
+            self.job.ahead, self.job.written = None, None
 
     def run_commit_child(self, pause_started: float) -> Report:
         # Invariant until the commit ends: nothing that existed at the fork is released here,
@@ -211,7 +277,7 @@ class _Update:
             instances=expected,
         )
         result = self.fork(Mode.COMMIT)
-        objects = [*self.job.prior_objects, *(self.job.young or ())]
+        objects = Listing(self.job.prior_objects, self.job.young or [])
         self.report.timings["child"] = _ms(result.seconds)
         if not result.ok:
             self.report.timings["pause"] = _ms(time.perf_counter() - pause_started)

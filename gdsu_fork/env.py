@@ -97,18 +97,20 @@ class OldVersions:
 _MISSING: Any = object()
 
 
-class _Resolver:
-    """Looks up "module:qualname" in a set of module namespaces."""
+class _Resolver(dict[str, Any]):
+    """Looks up "module:qualname" in a set of module namespaces.
+
+    A dict of the names resolved so far: a migration looks the same names up for every
+    instance, and a hit is then a plain (C-level) dict lookup.
+    """
 
     def __init__(self, namespaces: Mapping[str, Mapping[str, Any]], label: str) -> None:
+        super().__init__()
         self._namespaces = namespaces
         self._label = label
-        self._cache: dict[str, Any] = {}  # migrations look the same names up per instance
 
-    def __getitem__(self, name: str) -> Any:
-        found = self._cache.get(name, _MISSING)
-        if found is _MISSING:
-            found = self._cache[name] = self._resolve(name)
+    def __missing__(self, name: str) -> Any:
+        found = self[name] = self._resolve(name)
         return found
 
     def _resolve(self, name: str) -> Any:
@@ -147,12 +149,13 @@ class Env:
         self.new = _Resolver(new_namespaces, "new")
         self._pairs: dict[str, list[tuple[Any, type, dict[str, Any], Any]]] = {}
         self.old_versions = OldVersions()
+        self._plain: set[type] = set()  # classes whose instances env.instance makes directly
 
     def forget_lookups(self) -> None:
         """Drop cached `old`/`new` lookups: after the child applied the delta, new classes are
         the ones decoded from it, as in the parent."""
-        self.old._cache.clear()
-        self.new._cache.clear()
+        self.old.clear()
+        self.new.clear()
 
     def removed_fields(self, cls: type) -> frozenset[str]:
         """Fields `cls` (or a base) declared before the update and not after; set per update."""
@@ -160,10 +163,16 @@ class Env:
 
     def instance(self, cls: type, **attrs: Any) -> Any:
         """A blank instance of `cls` (no `__init__` runs), with `attrs` set, frozen classes too."""
+        if cls in self._plain:  # the per-instance path of a large migration
+            obj = cls.__new__(cls)
+            obj.__dict__.update(attrs)
+            return obj
         obj = blank(cls)
         namespace = getattr(obj, "__dict__", None)
         if namespace is not None and not slot_names(cls):
             namespace.update(attrs)  # like object.__setattr__ for a class without slots
+            if type(obj) is cls and cls.__new__ is object.__new__:
+                self._plain.add(cls)
         else:
             for key, value in attrs.items():
                 set_field(obj, key, value)

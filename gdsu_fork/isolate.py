@@ -2,6 +2,11 @@
 
 Whatever the work does — raise, exit, loop, crash, exhaust memory — the calling process gets a
 `ChildResult` saying what happened, and the child is gone.
+
+With `snapshot=True` the child forks once more: the grandchild does the work, and the child
+itself only waits, keeping every page of the program as it was at the fork until the caller
+releases it (`Snapshot.release`). While it waits, a page the program writes gets a private copy,
+which is how the engine tells what the program changed since (see cow.py).
 """
 
 from __future__ import annotations
@@ -19,19 +24,78 @@ import time
 import traceback
 from collections.abc import Callable
 
+from . import cow
 from .errors import GdsuError
 
 _OK, _FAILED = b"K", b"E"
 
 
+class Snapshot:
+    """A child that keeps the program's pages as they were at its fork, until released.
+
+    Its lifetime is bound to a pipe: it exits when every write end is closed. The program holds
+    the only one; forks made meanwhile close their inherited copy (`_close_held_in_child`).
+    A fork canary, armed right after the fork where the kernel can tell written pages, says
+    whether the program forked again since (cow.py).
+    """
+
+    def __init__(self, pid: int, release_fd: int) -> None:
+        self.pid = pid
+        self._release_fd: int | None = release_fd
+        self._canary = cow.open_canary() if cow.supported() else None
+        if self._canary is not None:
+            self._canary.arm()
+        _HELD.add(release_fd)
+
+    @property
+    def forked_since(self) -> bool:
+        """True if a process this one forked after the snapshot still lives (it shares the pages
+        too, so a page written before its fork could read as untouched), or if that cannot be
+        told."""
+        return self._canary is None or self._canary.forked_since()
+
+    @property
+    def held(self) -> bool:
+        """True until `release`."""
+        return self._release_fd is not None
+
+    def release(self) -> None:
+        """Let the child exit (it is reaped by `reap`); idempotent."""
+        fd, self._release_fd = self._release_fd, None
+        if fd is not None:
+            _HELD.discard(fd)
+            os.close(fd)
+            _UNREAPED.append(self.pid)
+            if self._canary is not None:
+                self._canary.close()
+
+
+# write ends of the pipes that keep snapshot children waiting
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    # A child forked while a snapshot is held (the pause's update child, a worker the program
+    # forks) must not keep the snapshot alive after the program releases it.
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
+
+
 @dataclasses.dataclass(frozen=True)
 class ChildResult:
-    """What the child sent back (`payload`) or why it did not (`reason`)."""
+    """What the child sent back (`payload`) or why it did not (`reason`); `snapshot`: the
+    waiting child of `run_forked(snapshot=True)`, to release once its pages are not needed."""
 
     ok: bool
     payload: bytes = b""
     reason: str | None = None
     seconds: float = 0.0
+    snapshot: Snapshot | None = None
 
 
 def _virtual_size() -> int:
@@ -84,12 +148,41 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _child_main(write_fd: int, work: Callable[[], bytes], memory: int | None, parent: int) -> None:
+def _hold(release_fd: int, write_fd: int, worker: int) -> None:
+    """The snapshot child's whole life: tell the worker's pid, wait for the release, then end
+    the way the worker ended (so that the parent can describe a crash)."""
+    _write_all(write_fd, struct.pack("!Q", worker))
+    os.close(write_fd)
+    _, status = os.waitpid(worker, 0)
+    while os.read(release_fd, 4096):
+        pass
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
+
+
+def _child_main(
+    write_fd: int,
+    work: Callable[[], bytes],
+    memory: int | None,
+    parent: int,
+    release_fd: int | None,
+) -> None:
     code = 1
     try:
         _die_with_parent(parent)
         if memory is not None:
             _cap_memory(memory)
+        if release_fd is not None:
+            holder = os.getpid()
+            worker = os.fork()  # this process is single-threaded: no at-fork hazard
+            if worker:
+                _hold(release_fd, write_fd, worker)
+            os.close(release_fd)
+            _die_with_parent(holder)
         try:
             payload = _OK + work()
         except BaseException:
@@ -114,6 +207,12 @@ def reap() -> None:
             os.waitpid(pid, 0)
 
 
+def _announce(on_start: Callable[[int], None] | None, pid: int) -> None:
+    if on_start is not None:
+        with contextlib.suppress(Exception):  # a broken watcher must not break the update
+            on_start(pid)
+
+
 def _describe_exit(status: int, seconds: float) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -136,26 +235,34 @@ def run_forked(
     fork: Callable[[], int] = os.fork,
     on_start: Callable[[int], None] | None = None,
     reap_now: bool = True,
+    snapshot: bool = False,
 ) -> ChildResult:
     """Fork, run `work` in the child, and return its bytes or the reason it failed.
 
     `fork` makes the child (the engine's switches off hooks inherited from a pause); `memory`
-    caps the child's growth in bytes; `on_start(pid)` lets a watcher follow the child. A child still running at
-    `timeout` seconds is killed. With `reap_now` False, a child that delivered its whole answer is
-    left for `reap` to collect: its exit (unmapping a copy of a large heap) takes milliseconds
-    that a paused program should not wait for.
+    caps the child's growth in bytes; `on_start(pid)` lets a watcher follow the process doing
+    the work. A child still running at `timeout` seconds is killed. With `reap_now` False, a
+    child that delivered its whole answer is left for `reap` to collect: its exit (unmapping a
+    copy of a large heap) takes milliseconds that a paused program should not wait for.
+    `snapshot`: see the module docstring; a successful result then holds the `Snapshot`.
     """
     read_fd, write_fd = os.pipe()
+    release_read, release_write = os.pipe() if snapshot else (None, None)
     started = time.monotonic()
     parent = os.getpid()
     pid = fork()
     if pid == 0:
         os.close(read_fd)
-        _child_main(write_fd, work, memory, parent)
+        if release_write is not None:
+            os.close(release_write)
+        _child_main(write_fd, work, memory, parent, release_read)
     os.close(write_fd)
-    if on_start is not None:
-        with contextlib.suppress(Exception):
-            on_start(pid)
+    held = None
+    if release_read is not None and release_write is not None:
+        os.close(release_read)
+        held = Snapshot(pid, release_write)
+    else:
+        _announce(on_start, pid)
     chunks: list[bytes] = []
     deadline = started + timeout
     timed_out = False
@@ -171,6 +278,8 @@ def run_forked(
             chunk = os.read(read_fd, 1 << 20)
             if not chunk:
                 break
+            if held is not None and not chunks and len(chunk) >= 8:
+                _announce(on_start, struct.unpack("!Q", chunk[:8])[0])  # the worker
             chunks.append(chunk)
     finally:
         os.close(read_fd)
@@ -178,10 +287,20 @@ def run_forked(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     data = b"".join(chunks)
+    if held is not None:
+        data = data[8:]  # the worker's pid
     complete = len(data) >= 8 and struct.unpack("!Q", data[:8])[0] == len(data) - 8
-    if complete and data[8:9] == _OK and not timed_out and not reap_now:
-        _UNREAPED.append(pid)
-        return ChildResult(True, payload=data[9:], seconds=time.monotonic() - started)
+    if complete and data[8:9] == _OK and not timed_out:
+        if held is not None:
+            return ChildResult(
+                True, payload=data[9:], seconds=time.monotonic() - started, snapshot=held
+            )
+        if not reap_now:
+            _UNREAPED.append(pid)
+            return ChildResult(True, payload=data[9:], seconds=time.monotonic() - started)
+    if held is not None:
+        held.release()
+        _UNREAPED.remove(pid)
     _, status = os.waitpid(pid, 0)
     seconds = time.monotonic() - started
     data = data[8:] if complete else b""

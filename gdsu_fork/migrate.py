@@ -10,23 +10,55 @@ slots).
 from __future__ import annotations
 
 import dataclasses
+import dis
 import types
-from collections.abc import Iterable
-from typing import Any
+from array import array
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .analysis import subclasses_of
-from .bulk import BulkMigration, diff_state, diff_values
+from .bulk import BulkMigration, Listing, diff_state, diff_values
 from .delta import OpKind
 from .env import Env, blank, slot_names
 from .errors import UpdateRefused, short_repr
 from .merge import Merge
 from .patch import Patch
-from .policies import set_field, state_of
+from .policies import is_pure, set_field, state_of
 from .rewrite import Rewrites
+
+if TYPE_CHECKING:
+    from .ahead import Reuse
 
 
 def qualified(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _reads_new(policy: Any) -> bool:
+    """Whether `policy` may use its `new` argument (the blank instance filled by name).
+
+    Building that instance is the largest cost of a big migration; a function whose code never
+    loads its second parameter (a split that builds its own instances, say) cannot tell it
+    got None instead. Anything else — a Policy object, a callable, a closure over the
+    parameter, a call to locals() — counts as reading it.
+    """
+    code = getattr(policy, "__code__", None)
+    if type(policy) is not types.FunctionType or code is None or code.co_argcount < 2:
+        return True
+    name = code.co_varnames[1]
+    if name in code.co_cellvars or "locals" in code.co_names:
+        return True
+    for instruction in dis.get_instructions(code):
+        if instruction.opcode not in _LOCAL_OPCODES:
+            continue  # e.g. `env.new`: an attribute, not the parameter
+        value = instruction.argval
+        if value == name or (isinstance(value, tuple) and name in value):
+            return True
+    return False
+
+
+# opcodes naming a local variable (3.13 adds pairs like LOAD_FAST_LOAD_FAST, with tuples)
+_LOCAL_OPCODES = frozenset(dis.haslocal)
 
 
 class _Draft:
@@ -47,6 +79,10 @@ class _ClassPlan:
     removed_as: str | None
     fast: bool  # plain in and out, same layout: the inlined path of Migration.migrate
     same_as: type  # a result of this class keeps the instance's class (after the commit)
+    reusable: bool  # its results may be computed ahead of the pause (see ahead.py)
+    wants_new: bool  # the policy reads its `new` argument (else it gets None, see _reads_new)
+    # (result class, removed names) -> the bulk group its instances go to
+    groups: dict[tuple[type, tuple[str, ...]], array] = dataclasses.field(default_factory=dict)
     checked: set[type] = dataclasses.field(default_factory=set)  # result classes found valid
     pairs: list[tuple[Any, type, dict[str, Any], Any]] = dataclasses.field(default_factory=list)
 
@@ -61,8 +97,12 @@ class Migration:
         env: Env,
         module_names: Iterable[str],
         rewrites: Rewrites,
+        *,
+        keep_pairs: bool = True,
     ) -> None:
         self.patch = patch
+        # env.pairs serves validations only: without any, nothing needs the old states
+        self.keep_pairs = keep_pairs
         self.merge = merge
         self.env = env
         self.rewrites = rewrites
@@ -71,8 +111,11 @@ class Migration:
         self._old_fields = {pair.old: pair.old_fields or frozenset() for pair in merge.classes}
         self._new_fields = {pair.new: pair.new_fields or frozenset() for pair in merge.classes}
         self.modules = set(module_names)
-        self.bulk = BulkMigration()
+        self.bulk = BulkMigration()  # migrated here
+        self.reused_bulk: BulkMigration | None = None  # taken from the rehearsal
         self.count = 0
+        self.reused = 0
+        self._plans: dict[type, _ClassPlan] = {}
         env.removed_fields = self.removed_fields  # type: ignore[method-assign]
 
     def removed_fields(self, cls: type) -> frozenset[str]:
@@ -111,12 +154,18 @@ class Migration:
             c for _, c in self.merge.removed_classes
         }
 
-    def migrate(self, objects: list[Any]) -> None:
+    def reusable_classes(self) -> set[type]:
+        """Live classes whose instances' migrations may be reused in the pause (ahead.py)."""
+        return {cls for cls, plan in self._plans.items() if plan.reusable}
+
+    def migrate(self, objects: Listing, reuse: Reuse | None = None) -> None:
         """Migrate every affected instance among `objects`; raise to refuse the update.
 
         `objects` holds no duplicates (the engine's walk and the objects made since are
-        disjoint). The loop is the hot path of a large migration: plain instances (a
-        `__dict__`, no slots, same layout) take an inlined path straight into the bulk delta.
+        disjoint). With `reuse`, the rehearsal's migrations are taken as they are and only the
+        positions it lists, and the objects after the marked ones, are looked at. The loop is
+        the hot path of a large migration: plain instances (a `__dict__`, no slots, same layout)
+        take an inlined path straight into the bulk delta.
         """
         affected = self.affected_classes()
         if not affected:
@@ -125,14 +174,22 @@ class Migration:
         for pair in self.merge.classes:
             if pair.layout_changed:
                 self.rewrites.become(pair.old, pair.new, strict=False)
-        plans: dict[type, _ClassPlan] = {}
+        plans = self._plans
+        positions: Sequence[int] = range(len(objects))
+        if reuse is not None:
+            self.reused_bulk = reuse.bulk
+            self.count = self.reused = len(reuse.bulk)
+            if self.keep_pairs:
+                self._pair_reused(objects, reuse.bulk)
+            positions = [*reuse.todo, *range(reuse.marked, len(objects))]
         env, bulk, replacements, keep = (
             self.env,
             self.bulk,
             self.merge.replacements,
             self.merge.keep,
         )
-        for index, obj in enumerate(objects):
+        keep_pairs = self.keep_pairs
+        for index, obj in zip(positions, objects.take(positions), strict=True):
             cls = type(obj)
             plan = plans.get(cls)
             if plan is None:
@@ -143,11 +200,16 @@ class Migration:
                 self._migrate_one(index, obj, plan)
                 continue
             old_state = obj.__dict__
-            new = plan.target.__new__(plan.target)
-            dropped = plan.dropped
-            new.__dict__.update(
-                {k: v for k, v in old_state.items() if k not in dropped} if dropped else old_state
-            )
+            if plan.wants_new:
+                new = plan.target.__new__(plan.target)
+                dropped = plan.dropped
+                new.__dict__.update(
+                    {k: v for k, v in old_state.items() if k not in dropped}
+                    if dropped
+                    else old_state
+                )
+            else:
+                new = None
             try:
                 result = plan.policy(obj, new, env) if plan.policy is not None else new
             except Exception as exc:
@@ -174,14 +236,34 @@ class Migration:
                 else tuple(k for k in old_state if k not in result_state)
             )
             changed = diff_values(old_state, result_state)
-            bulk.add(
-                index, None if result_class is plan.same_as else result_class, removed, changed
-            )
-            # the commit gives a changed instance a new __dict__: this one stays the old state
-            plan.pairs.append((obj, cls, old_state, obj))
+            if changed:
+                bulk.changed[index] = (changed, removed)
+                removed = ()
+            group = plan.groups.get((result_class, removed))
+            if group is None:
+                group = plan.groups[(result_class, removed)] = bulk.group(
+                    cls, None if result_class is plan.same_as else result_class, removed
+                )
+            group.append(index)
+            if keep_pairs:
+                # a changed instance gets a new __dict__ (this one stays the old state); one that
+                # only loses attributes loses them in place
+                plan.pairs.append(
+                    (obj, cls, dict(old_state) if removed and not changed else old_state, obj)
+                )
             self.count += 1
         for plan in plans.values():
             env.record_pairs(plan.names, plan.pairs)
+            plan.pairs = []
+
+    def _pair_reused(self, objects: Listing, bulk: BulkMigration) -> None:
+        """env.pairs entries for the migrations taken from the rehearsal (before the commit
+        child applies them). A group's instances share their live class."""
+        for group in bulk.groups.values():
+            instances = objects.take(group)
+            cls = type(instances[0])
+            plan = self._plans.get(cls) or self._plans.setdefault(cls, self._plan(cls))
+            self.env.record_pairs(plan.names, [(o, cls, dict(o.__dict__), o) for o in instances])
 
     def _migrate_one(self, index: int, obj: Any, plan: _ClassPlan) -> None:
         """The general path: slots, named tuples, layout changes, removed classes."""
@@ -199,7 +281,8 @@ class Migration:
         if type(result) not in plan.checked:
             self._check_result(obj, result, plan)
         migrated = self._record(index, obj, plan, result)
-        plan.pairs.append((obj, plan.cls, old_state, migrated))
+        if self.keep_pairs:
+            plan.pairs.append((obj, plan.cls, old_state, migrated))
         self.count += 1
 
     def _plan(self, cls: type) -> _ClassPlan:
@@ -217,6 +300,7 @@ class Migration:
         target = self.new_of.get(cls, cls)
         plain = not slot_names(cls) and not issubclass(cls, tuple) and hasattr(cls, "__dict__")
         target_plain = not slot_names(target) and not issubclass(target, tuple)
+        fast = plain and target_plain and cls not in self.relaid and cls not in removed
         return _ClassPlan(
             cls=cls,
             target=target,
@@ -226,8 +310,10 @@ class Migration:
             target_plain=target_plain,
             names=[qualified(b) for b in cls.__mro__ if b.__module__ in self.modules],
             removed_as=removed.get(cls),
-            fast=plain and target_plain and cls not in self.relaid and cls not in removed,
+            fast=fast,
             same_as=target if self.merge.replacements.get(id(target), target) is cls else cls,
+            reusable=fast and is_pure(policy),
+            wants_new=policy is None or _reads_new(policy),
         )
 
     def _by_name(self, plan: _ClassPlan, old_state: dict[str, Any]) -> Any:
@@ -281,7 +367,11 @@ class Migration:
         if plan.plain and hasattr(result, "__dict__") and not slot_names(result_class):
             removed, changed = diff_state(obj.__dict__, result.__dict__)
             self.bulk.add(
-                index, result_class if new_class is not plan.cls else None, removed, changed
+                index,
+                plan.cls,
+                result_class if new_class is not plan.cls else None,
+                removed,
+                changed,
             )
             return obj
         if new_class is not plan.cls:

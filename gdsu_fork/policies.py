@@ -6,15 +6,25 @@ instance becomes (it keeps the identity of `old`). The classes here cover the co
 and compose with ``|``: ``Rename(x="a") | AddDefault("z", 0.0)`` runs left to right, each step
 receiving the previous step's result as `new`. They are plain objects, importable from a shared
 module and reusable across patches.
+
+A policy is *pure* when what it returns depends only on the instance's own fields: it reads
+attributes of `old`, may inspect values that cannot change (numbers, strings, tuples of them)
+and put any field's value into the result, but never looks inside the mutable objects a field
+refers to (a list's items, another instance's attributes) nor at state outside the instance.
+The engine migrates the instances of a pure policy while the program still runs, and in the
+pause re-migrates only those whose own fields changed since (see ahead.py). The policies here
+are pure, except `Compute` and `Reclass`, which are as pure as the function they are given;
+declare a function pure with `@pure`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 _MISSING: Any = object()
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def state_of(obj: Any) -> dict[str, Any]:
@@ -51,11 +61,41 @@ def has_field(obj: Any, name: str) -> bool:
     return name in state_of(obj)
 
 
+_PURE_MARK = "__gdsu_pure__"
+
+
+def pure(fn: _F) -> _F:
+    """Declare that the migration function `fn` is pure (see the module docstring).
+
+    Declaring an impure function pure can migrate an instance from fields that changed while
+    the update waited for its safe point: declare only what reads the instance's own fields.
+    """
+    try:
+        setattr(fn, _PURE_MARK, True)
+    except (AttributeError, TypeError) as exc:
+        msg = f"pure: cannot mark {fn!r}; give a function, or a Policy whose is_pure() says so"
+        raise TypeError(msg) from exc
+    return fn
+
+
+def is_pure(policy: Any) -> bool:
+    """Whether a migration `policy` (None: the default by-name one) is pure."""
+    if policy is None:
+        return True
+    if isinstance(policy, Policy):
+        return policy.is_pure()
+    return getattr(policy, _PURE_MARK, False) is True
+
+
 class Policy:
     """Base of the composable policies: subclasses implement `__call__`."""
 
     def __call__(self, old: Any, new: Any, env: Any) -> Any:
         raise NotImplementedError
+
+    def is_pure(self) -> bool:
+        """Whether the result depends only on the instance's own fields (module docstring)."""
+        return False
 
     def __or__(self, other: Callable[[Any, Any, Any], Any]) -> Chain:
         return Chain(self, other)
@@ -82,12 +122,18 @@ class Chain(Policy):
             new = step(old, new, env)
         return new
 
+    def is_pure(self) -> bool:
+        return all(is_pure(step) for step in self.steps)
+
 
 class ByName(Policy):
     """Copy every attribute of the old instance that the new one lacks (the default policy).
 
     Fields the new version of the class no longer declares are not copied.
     """
+
+    def is_pure(self) -> bool:
+        return True
 
     def __call__(self, old: Any, new: Any, env: Any) -> Any:
         removed = env.removed_fields(type(old)) if env is not None else frozenset()
@@ -106,6 +152,9 @@ class Rename(Policy):
 
     def __init__(self, **renames: str) -> None:
         self.renames = renames
+
+    def is_pure(self) -> bool:
+        return True
 
     def __call__(self, old: Any, new: Any, env: Any) -> Any:
         state = state_of(old)
@@ -130,6 +179,9 @@ class AddDefault(Policy):
         self.value = value
         self.factory = factory
 
+    def is_pure(self) -> bool:
+        return True
+
     def __call__(self, old: Any, new: Any, env: Any) -> Any:
         if not has_field(new, self.name):
             set_field(new, self.name, self.factory() if self.factory is not None else self.value)
@@ -141,6 +193,9 @@ class Drop(Policy):
 
     def __init__(self, *names: str) -> None:
         self.names = names
+
+    def is_pure(self) -> bool:
+        return True
 
     def __call__(self, old: Any, new: Any, env: Any) -> Any:
         for name in self.names:
@@ -154,6 +209,9 @@ class Compute(Policy):
     def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
         self.name = name
         self.fn = fn
+
+    def is_pure(self) -> bool:
+        return is_pure(self.fn)
 
     def __call__(self, old: Any, new: Any, env: Any) -> Any:
         set_field(new, self.name, self.fn(old))
@@ -169,6 +227,9 @@ class Reclass(Policy):
 
     def __init__(self, fn: Callable[[Any], str]) -> None:
         self.fn = fn
+
+    def is_pure(self) -> bool:
+        return is_pure(self.fn)
 
     def __call__(self, old: Any, new: Any, env: Any) -> Any:
         cls = env.new[self.fn(old)]
@@ -188,5 +249,7 @@ __all__ = [
     "PullUp",
     "Reclass",
     "Rename",
+    "is_pure",
+    "pure",
     "state_of",
 ]

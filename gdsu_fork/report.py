@@ -50,6 +50,7 @@ class Report:
     reason: str | None = None
     changes: list[Change] = dataclasses.field(default_factory=list)
     migrated: int = 0
+    reused: int = 0  # of the migrated instances, how many were migrated ahead of the pause
     delta_bytes: int = 0
     timings: dict[str, float] = dataclasses.field(
         default_factory=lambda: dict.fromkeys(TIMING_PHASES, 0.0)
@@ -70,6 +71,7 @@ class Report:
             "reason": self.reason,
             "changes": [{"name": c.name, "kind": str(c.kind)} for c in self.changes],
             "migrated": self.migrated,
+            "reused": self.reused,
             "delta_bytes": self.delta_bytes,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "blockers": list(self.blockers),
@@ -87,6 +89,7 @@ class Report:
             reason=data.get("reason"),
             changes=[Change(c["name"], ChangeKind(c["kind"])) for c in data.get("changes", [])],
             migrated=int(data.get("migrated", 0)),
+            reused=int(data.get("reused", 0)),
             delta_bytes=int(data.get("delta_bytes", 0)),
             timings={k: float(v) for k, v in data.get("timings", {}).items()},
             blockers=list(data.get("blockers", [])),

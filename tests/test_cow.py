@@ -88,7 +88,9 @@ class Probe:
 
 PROBES = 3000
 CHECKED = slice(1000, 2000)  # middle of the batch: full pools, GC-list neighbours are probes
-FILLER = 20_000
+FILLER = (
+    100_000  # room for the holes a large test before this one leaves (a 20k-instance migration)
+)
 _filler: list[Probe] = []
 
 

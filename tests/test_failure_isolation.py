@@ -163,7 +163,9 @@ def test_patch_code_never_runs_in_the_program(scenario, tmp_path, rehearse):
     pids = {int(p) for p in lines[1::2]}
     assert set(lines[0::2]) == {"top", "validate", "global"}
     assert os.getpid() not in pids
-    assert len(pids) == 2  # the rehearsal (or analysis) child and the commit child
+    # the rehearsal (or analysis) child, the migration's rehearsal on the marked heap when
+    # instances are affected, and the commit child
+    assert len(pids) in (2, 3)
 
 
 def test_traceback_of_a_failing_new_top_level_shows_the_new_line(basic):

@@ -20,6 +20,7 @@ def to_dict(self) -> dict[str, Any]:
         "reason": self.reason,
         "changes": [{"name": c.name, "kind": str(c.kind)} for c in self.changes],
         "migrated": self.migrated,
+        "reused": self.reused,
         "delta_bytes": self.delta_bytes,
         "timings": {k: round(v, 3) for k, v in self.timings.items()},
         "blockers": list(self.blockers),

@@ -1,12 +1,13 @@
 """chat v1 -> v2: split each message by its state into a ChUserMessage or a ChInfoMessage."""
 
-from gdsu_fork import Patch
+from gdsu_fork import Patch, policies
 
 patch = Patch("chat: split messages into user and info messages")
 patch.module("chat.model", "../v2/chat/model.py")
 
 
 @patch.migrate("chat.model:ChMessage")
+@policies.pure  # reads only the message's own fields
 def split(old, new, env):
     """A message with a sender becomes a ChUserMessage, one without a ChInfoMessage."""
     if old.sender is None:

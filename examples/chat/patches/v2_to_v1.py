@@ -1,12 +1,13 @@
 """chat v2 -> v1: merge ChUserMessage and ChInfoMessage back into one ChMessage class."""
 
-from gdsu_fork import Patch
+from gdsu_fork import Patch, policies
 
 patch = Patch("chat: merge user and info messages into ChMessage")
 patch.module("chat.model", "../v1/chat/model.py")
 
 
 @patch.migrate("chat.model:ChMessage")
+@policies.pure  # reads only the message's own fields (an info message's sender: its class's None)
 def merge(old, new, env):
     """Every message becomes a ChMessage; an info message's sender is None."""
     cls = env.new["chat.model:ChMessage"]

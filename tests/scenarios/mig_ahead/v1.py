@@ -1,0 +1,18 @@
+"""Migrations done ahead of the pause: instances changed while the update waits."""
+
+
+class Point:
+    def __init__(self, x, label):
+        self.x = x
+        self.label = label
+
+
+class Basket:
+    def __init__(self, items):
+        self.items = items
+
+
+def hold(release):
+    """A thread waiting in here keeps the update from its safe point (the patch changes it)."""
+    release.wait(30)
+    return "v1"
