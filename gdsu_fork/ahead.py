@@ -124,7 +124,9 @@ def capture(
         _ByName(buffer, made, replacements, {}).dump(mine)
     except (NotReusable, pickle.PicklingError, TypeError, AttributeError):
         return None
-    others = array("q", sorted(set(range(len(objects))).difference(mine.indices())))
+    others = array("q")
+    if len(mine) < len(objects):
+        others.extend(sorted(set(range(len(objects))).difference(mine.indices())))
     return Ahead(
         pages=pages.pages.tobytes(),
         starts=pages.starts.tobytes(),

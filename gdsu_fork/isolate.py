@@ -149,9 +149,8 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _hold(release_fd: int, write_fd: int, worker: int) -> None:
-    """The snapshot child's whole life: tell the worker's pid, wait for the release, then end
-    the way the worker ended (so that the parent can describe a crash)."""
-    _write_all(write_fd, struct.pack("!Q", worker))
+    """The snapshot child's whole life: wait for the worker and for the release, then end the
+    way the worker ended (so that the parent can describe a crash)."""
     os.close(write_fd)
     _, status = os.waitpid(worker, 0)
     while os.read(release_fd, 4096):
@@ -183,6 +182,8 @@ def _child_main(
                 _hold(release_fd, write_fd, worker)
             os.close(release_fd)
             _die_with_parent(holder)
+            # its pid first, for the parent's watcher: one writer keeps the pipe in order
+            _write_all(write_fd, struct.pack("!Q", os.getpid()))
         try:
             payload = _OK + work()
         except BaseException:

@@ -237,3 +237,24 @@ def test_a_program_using_gc_freeze_still_gets_its_migration_rehearsed(scenario):
         gc.unfreeze()
     assert report.reused == 0
     assert all(p.doubled == 2 * p.x for p in points)
+
+
+def test_a_migration_that_crashes_its_worker_is_reported_and_costs_no_pause(scenario):
+    """The rehearsal's worker dies; its snapshot child ends the same way, so the report can
+    name the signal."""
+    scn = scenario("mig_ahead")
+    mod = scn.module
+    points = [mod.Point(i, "p") for i in range(100)]
+    extra = (
+        "import ctypes\n"
+        f"@patch.migrate({scn.module_name + ':Point'!r})\n"
+        "@policies.pure\n"
+        "def crash(old, new, env):\n"
+        "    ctypes.string_at(0)\n"
+    )
+    report = gdsu_fork.update(patch_for(scn, extra))
+    assert report.outcome == Outcome.DISCARDED
+    assert "SIGSEGV" in report.reason
+    assert report.timings["pause"] == 0
+    assert all(not hasattr(p, "doubled") for p in points)
+    assert psutil.Process().children() == []
