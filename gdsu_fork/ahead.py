@@ -9,26 +9,20 @@ which pages were written, and the update child re-runs the policies only for the
 those pages, for instances made since the mark and for impure policies; it takes the other
 results from here. The parent's commit is unchanged: it applies what the pause child sends.
 
-Results travel by value, with classes and functions by name (resolved again in the pause child,
-whose new environment defines the same names). A result referring to another object of the
-program cannot travel so: then nothing is reused.
+Results travel by name (byname.py): the pause child's new environment defines the same names. A
+result referring to another object of the program cannot travel so: then nothing is reused.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import pickle
-import sys
-import types
 from array import array
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from . import cow
-from .analysis import resolve_qualname
+from . import byname, cow
 from .bulk import BulkMigration, Listing
-from .delta import _DeltaPickler
 from .isolate import Snapshot
 
 
@@ -54,48 +48,6 @@ class Ahead:
         return ahead
 
 
-class NotReusable(Exception):
-    """A migrated value refers to an object of the program: it cannot travel by value."""
-
-
-class _ByName(_DeltaPickler):
-    """Pickles what the child made by value, classes and functions by name, and refuses any
-    other object of the program (it would need an address, valid only at this fork)."""
-
-    def persistent_id(self, obj: Any) -> Any:
-        if isinstance(obj, type) or type(obj) is types.FunctionType:
-            return ("name", *self._name(obj))
-        if type(obj) is types.ModuleType:
-            if sys.modules.get(obj.__name__) is not obj:
-                raise NotReusable(f"module {obj.__name__} is not imported under its name")
-            return ("module", obj.__name__)
-        if type(obj) is types.BuiltinFunctionType:
-            return None  # pickle saves it by name (array's reconstructor, say)
-        if super().persistent_id(obj) is not None:
-            raise NotReusable(f"a migrated value refers to a {type(obj).__qualname__} object")
-        return None
-
-    def _name(self, obj: Any) -> tuple[str, str]:
-        """Its "module", "qualname"; a live class that this update keeps may resolve to its new
-        version here, which the pause child's delta turns into it again (a replacement)."""
-        module, qualname = obj.__module__, obj.__qualname__
-        found = resolve_qualname(module, qualname)
-        if found is obj or (found is not None and self._replacements.get(id(found)) is obj):
-            return module, qualname
-        raise NotReusable(f"{module}:{qualname} is not found under its name")
-
-
-class _ByNameLoader(pickle.Unpickler):
-    def persistent_load(self, pid: Any) -> Any:
-        if pid[0] == "module":
-            return sys.modules[pid[1]]
-        found = resolve_qualname(pid[1], pid[2])
-        if found is None:
-            msg = f"the rehearsal's migrations name {pid[1]}:{pid[2]}, which is not defined"
-            raise pickle.UnpicklingError(msg)
-        return found
-
-
 def state_pages(objects: Sequence[Any]) -> cow.StatePages | None:
     """The pages of every marked object, before the migration touches (and re-lays) them;
     None where writes cannot be detected."""
@@ -119,10 +71,8 @@ def capture(
     if not len(mine):
         return None
     made = made | {id(c) for c in mine.containers()}  # select() made a new one
-    buffer = io.BytesIO()
-    try:
-        _ByName(buffer, made, replacements, {}).dump(mine)
-    except (NotReusable, pickle.PicklingError, TypeError, AttributeError):
+    data = byname.dumps(mine, made, replacements)
+    if data is None:
         return None
     others = array("q")
     if len(mine) < len(objects):
@@ -130,7 +80,7 @@ def capture(
     return Ahead(
         pages=pages.pages.tobytes(),
         starts=pages.starts.tobytes(),
-        bulk=buffer.getvalue(),
+        bulk=data,
         others=others.tobytes(),
         count=len(mine),
     ).encode()
@@ -160,12 +110,11 @@ class Reuse:
     marked: int  # objects from this position on were made after the mark: all are looked at
 
     @classmethod
-    def load(cls, ahead: Ahead, written: Iterable[int], marked: int) -> Reuse:
+    def load(
+        cls, ahead: Ahead, written: Iterable[int], marked: int, replacements: dict[int, Any]
+    ) -> Reuse:
         """Decode after the new environment is built, so that names resolve to it."""
-        bulk = _ByNameLoader(io.BytesIO(ahead.bulk)).load()
-        if not isinstance(bulk, BulkMigration):
-            msg = f"expected a bulk migration, got {type(bulk).__name__}"
-            raise TypeError(msg)
+        bulk = byname.loads(ahead.bulk, replacements)
         written = set(written)
         if written:
             bulk = bulk.without(written)

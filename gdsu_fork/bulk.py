@@ -134,6 +134,10 @@ class BulkMigration:
         self.removals.append(removed)
         return slot
 
+    def reindex(self) -> None:
+        """Index the tables again (after their classes were replaced)."""
+        self._index_tables()
+
     def _index_tables(self) -> None:
         # where a class (by id) or a removal tuple sits in its table; not part of the delta
         self._lookup: dict[Any, int] = {removed: i for i, removed in enumerate(self.removals)}
@@ -197,6 +201,22 @@ class BulkMigration:
             groups=groups,
             changed={i: v for i, v in self.changed.items() if i not in gone},
         )
+
+    def extend(self, later: BulkMigration) -> None:
+        """Add the entries of `later`, whose positions all follow ours (groups stay sorted)."""
+        classes = [self._class_slot(c) for c in later.classes]
+        removals = [
+            slot if (slot := self._lookup.get(r)) is not None else self._removal_slot(r)
+            for r in later.removals
+        ]
+        for (old, new, removed), group in later.groups.items():
+            key = (classes[old], -1 if new < 0 else classes[new], removals[removed])
+            mine = self.groups.get(key)
+            if mine is None:
+                self.groups[key] = group
+            else:
+                mine.extend(group)
+        self.changed.update(later.changed)
 
     def has_tracked_values(self, replacements: dict[int, Any]) -> bool:
         """Whether a changed value may be an object the child made (it must then tell old

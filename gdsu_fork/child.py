@@ -22,6 +22,7 @@ from typing import Any
 
 from . import ahead as ahead_
 from . import delta as delta_codec
+from . import sibling
 from .analysis import bindings, definitions
 from .bulk import Listing
 from .commit import apply_delta
@@ -70,6 +71,8 @@ class Job:
     # in the pause: the rehearsal's migrations, and the marked positions written since
     ahead: ahead_.Ahead | None = None
     written: frozenset[int] | None = None
+    # how long the engine lets a child work (a sibling may not take longer)
+    timeout: float = 3600.0
 
 
 @dataclasses.dataclass
@@ -366,13 +369,13 @@ def run(job: Job, mode: Mode) -> bytes:
     objects = heap.objects() if analysis.affected else Listing()
     pages = ahead_.state_pages(objects.parts[0]) if job.speculate and len(objects) else None
     reuse = (
-        ahead_.Reuse.load(job.ahead, job.written, len(job.prior_objects))
+        ahead_.Reuse.load(job.ahead, job.written, len(job.prior_objects), merge.replacements)
         if job.ahead is not None and job.written is not None
         else None
     )
     new_ids = delta_codec.young_object_ids() | heap.made_here  # what building it made
     ops_before = len(merge.ops)
-    migration.migrate(objects, reuse)
+    sibling.migrate(migration, objects, rewrites, reuse=reuse, timeout=job.timeout)
     analysis.migrated = migration.count
     analysis.reused = migration.reused
     bulk = migration.bulk

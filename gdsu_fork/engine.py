@@ -72,7 +72,9 @@ class _Update:
         progress: ProgressCallback | None,
         child_memory: int | None,
     ) -> None:
-        self.job = Job(patch if isinstance(patch, Patch) else str(Path(patch).resolve()))
+        self.job = Job(
+            patch if isinstance(patch, Patch) else str(Path(patch).resolve()), timeout=timeout
+        )
         self.timeout = timeout
         self.rehearse = rehearse
         self.progress = progress

@@ -247,6 +247,20 @@ def run_forked(
     copy of a large heap) takes milliseconds that a paused program should not wait for.
     `snapshot`: see the module docstring; a successful result then holds the `Snapshot`.
     """
+    running = start_forked(work, memory=memory, fork=fork, on_start=on_start, snapshot=snapshot)
+    return running.wait(timeout, reap_now=reap_now)
+
+
+def start_forked(
+    work: Callable[[], bytes],
+    *,
+    memory: int | None = None,
+    fork: Callable[[], int] = os.fork,
+    on_start: Callable[[int], None] | None = None,
+    snapshot: bool = False,
+) -> Running:
+    """Fork and start `work` in the child; the caller goes on and `wait`s for the answer later
+    (see `run_forked` for the arguments)."""
     read_fd, write_fd = os.pipe()
     release_read, release_write = os.pipe() if snapshot else (None, None)
     started = time.monotonic()
@@ -264,57 +278,79 @@ def run_forked(
         held = Snapshot(pid, release_write)
     else:
         _announce(on_start, pid)
-    chunks: list[bytes] = []
-    deadline = started + timeout
-    timed_out = False
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                break
-            ready, _, _ = select.select([read_fd], [], [], remaining)
-            if not ready:
-                continue
-            chunk = os.read(read_fd, 1 << 20)
-            if not chunk:
-                break
-            if held is not None and not chunks and len(chunk) >= 8:
-                _announce(on_start, struct.unpack("!Q", chunk[:8])[0])  # the worker
-            chunks.append(chunk)
-    finally:
-        os.close(read_fd)
-        if timed_out:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    data = b"".join(chunks)
-    if held is not None:
-        data = data[8:]  # the worker's pid
-    complete = len(data) >= 8 and struct.unpack("!Q", data[:8])[0] == len(data) - 8
-    if complete and data[8:9] == _OK and not timed_out:
+    return Running(pid, read_fd, held, started, on_start)
+
+
+class Running:
+    """A forked child at work (`start_forked`); `wait` collects its answer exactly once."""
+
+    def __init__(
+        self,
+        pid: int,
+        read_fd: int,
+        held: Snapshot | None,
+        started: float,
+        on_start: Callable[[int], None] | None,
+    ) -> None:
+        self.pid = pid
+        self._read_fd = read_fd
+        self._held = held
+        self._started = started
+        self._on_start = on_start
+
+    def _read(self, deadline: float) -> tuple[bytes, bool]:
+        """Everything the child sent until its end of file, and whether the deadline passed."""
+        chunks: list[bytes] = []
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.pid, signal.SIGKILL)
+                    return b"".join(chunks), True
+                ready, _, _ = select.select([self._read_fd], [], [], remaining)
+                if not ready:
+                    continue
+                chunk = os.read(self._read_fd, 1 << 20)
+                if not chunk:
+                    return b"".join(chunks), False
+                if self._held is not None and not chunks and len(chunk) >= 8:
+                    _announce(self._on_start, struct.unpack("!Q", chunk[:8])[0])  # the worker
+                chunks.append(chunk)
+        finally:
+            os.close(self._read_fd)
+
+    def wait(self, timeout: float, *, reap_now: bool = True) -> ChildResult:
+        """The child's answer, or the reason there is none; a child still at work `timeout`
+        seconds after it started is killed."""
+        pid, held = self.pid, self._held
+        data, timed_out = self._read(self._started + timeout)
         if held is not None:
+            data = data[8:]  # the worker's pid
+        complete = len(data) >= 8 and struct.unpack("!Q", data[:8])[0] == len(data) - 8
+        if complete and data[8:9] == _OK and not timed_out:
+            seconds = time.monotonic() - self._started
+            if held is not None:
+                return ChildResult(True, payload=data[9:], seconds=seconds, snapshot=held)
+            if not reap_now:
+                _UNREAPED.append(pid)
+                return ChildResult(True, payload=data[9:], seconds=seconds)
+        if held is not None:
+            held.release()
+            _UNREAPED.remove(pid)
+        _, status = os.waitpid(pid, 0)
+        seconds = time.monotonic() - self._started
+        data = data[8:] if complete else b""
+        if timed_out:
             return ChildResult(
-                True, payload=data[9:], seconds=time.monotonic() - started, snapshot=held
+                False,
+                reason=f"the update child did not finish within {timeout:.1f} s and was killed",
+                seconds=seconds,
             )
-        if not reap_now:
-            _UNREAPED.append(pid)
-            return ChildResult(True, payload=data[9:], seconds=time.monotonic() - started)
-    if held is not None:
-        held.release()
-        _UNREAPED.remove(pid)
-    _, status = os.waitpid(pid, 0)
-    seconds = time.monotonic() - started
-    data = data[8:] if complete else b""
-    if timed_out:
-        return ChildResult(
-            False,
-            reason=f"the update child did not finish within {timeout:.1f} s and was killed",
-            seconds=seconds,
-        )
-    if data[:1] == _OK and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-        return ChildResult(True, payload=data[1:], seconds=seconds)
-    if data[:1] == _FAILED:
-        return ChildResult(
-            False, reason=data[1:].decode("utf-8", "replace").rstrip(), seconds=seconds
-        )
-    return ChildResult(False, reason=_describe_exit(status, seconds), seconds=seconds)
+        if data[:1] == _OK and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            return ChildResult(True, payload=data[1:], seconds=seconds)
+        if data[:1] == _FAILED:
+            return ChildResult(
+                False, reason=data[1:].decode("utf-8", "replace").rstrip(), seconds=seconds
+            )
+        return ChildResult(False, reason=_describe_exit(status, seconds), seconds=seconds)

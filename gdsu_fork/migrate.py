@@ -116,6 +116,7 @@ class Migration:
         self.count = 0
         self.reused = 0
         self._plans: dict[type, _ClassPlan] = {}
+        self._affected: set[type] = set()
         env.removed_fields = self.removed_fields  # type: ignore[method-assign]
 
     def removed_fields(self, cls: type) -> frozenset[str]:
@@ -163,25 +164,63 @@ class Migration:
 
         `objects` holds no duplicates (the engine's walk and the objects made since are
         disjoint). With `reuse`, the rehearsal's migrations are taken as they are and only the
-        positions it lists, and the objects after the marked ones, are looked at. The loop is
-        the hot path of a large migration: plain instances (a `__dict__`, no slots, same layout)
-        take an inlined path straight into the bulk delta.
+        positions it lists, and the objects after the marked ones, are looked at.
         """
+        positions = self.begin(objects, reuse)
+        if positions is not None:
+            self.migrate_positions(objects, positions)
+
+    def begin(self, objects: Listing, reuse: Reuse | None = None) -> Sequence[int] | None:
+        """Set the migration up (once): the positions to look at, None if no class is
+        affected. See `migrate`."""
         affected = self.affected_classes()
         if not affected:
-            return
+            return None
+        self._affected = affected
         self._check_relaid_subclasses(affected)
         for pair in self.merge.classes:
             if pair.layout_changed:
                 self.rewrites.become(pair.old, pair.new, strict=False)
-        plans = self._plans
-        positions: Sequence[int] = range(len(objects))
-        if reuse is not None:
-            self.reused_bulk = reuse.bulk
-            self.count = self.reused = len(reuse.bulk)
-            if self.keep_pairs:
-                self._pair_reused(objects, reuse.bulk)
-            positions = [*reuse.todo, *range(reuse.marked, len(objects))]
+        if reuse is None:
+            return range(len(objects))
+        self.reused_bulk = reuse.bulk
+        self.count = self.reused = len(reuse.bulk)
+        if self.keep_pairs:
+            self._pair_reused(objects, reuse.bulk)
+        return [*reuse.todo, *range(reuse.marked, len(objects))]
+
+    def take(self, objects: Listing, bulk: BulkMigration) -> None:
+        """Add migrations made elsewhere (a sibling, sibling.py) of positions that all precede
+        the ones migrated here."""
+        for cls in bulk.old_classes():
+            if cls not in self._plans:
+                self._plans[cls] = self._plan(cls)
+        if self.keep_pairs:
+            self._pair_reused(objects, bulk)
+        self.count += len(bulk)
+        self._prepend(bulk)
+
+    def migrate_before(self, objects: Listing, positions: Sequence[int]) -> None:
+        """Migrate `positions`, which all precede the ones migrated so far (a sibling's half it
+        could not send): the bulk's groups stay sorted."""
+        later, self.bulk = self.bulk, BulkMigration()
+        for plan in self._plans.values():
+            plan.groups.clear()  # they point into the other bulk
+        self.migrate_positions(objects, positions)
+        self._prepend(self.bulk, later)
+
+    def _prepend(self, first: BulkMigration, later: BulkMigration | None = None) -> None:
+        later = self.bulk if later is None else later
+        first.extend(later)
+        self.bulk = first
+        for plan in self._plans.values():
+            plan.groups.clear()
+
+    def migrate_positions(self, objects: Listing, positions: Sequence[int]) -> None:
+        """The loop over `positions` (sorted), after `begin`. It is the hot path of a large
+        migration: plain instances (a `__dict__`, no slots, same layout) take an inlined path
+        straight into the bulk delta."""
+        affected, plans = self._affected, self._plans
         env, bulk, replacements, keep = (
             self.env,
             self.bulk,

@@ -1,0 +1,92 @@
+"""Migrating with a sibling process: the same result as alone, and the same failures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import gdsu_fork
+from gdsu_fork import Outcome, sibling
+from gdsu_fork.migrate import Migration
+
+SHARED = ["a list the program owns"]
+
+
+@pytest.fixture
+def split_small(monkeypatch, tmp_path: Path) -> Path:
+    """Split even small migrations, and note the pid of every process migrating a half."""
+    monkeypatch.setattr(sibling, "PARALLEL_FROM", 10)
+    log = tmp_path / "halves"
+    original = sibling._migrate_half
+
+    def noting(migration, objects, positions, rewrites):
+        with log.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        return original(migration, objects, positions, rewrites)
+
+    monkeypatch.setattr(sibling, "_migrate_half", noting)
+    redo = Migration.migrate_before
+
+    def noting_redo(self, objects, positions):
+        with log.open("a") as f:
+            f.write("redone\n")
+        return redo(self, objects, positions)
+
+    monkeypatch.setattr(Migration, "migrate_before", noting_redo)
+    return log
+
+
+def patch_for(scn, body: str) -> Path:
+    return scn.patch_file(
+        extra=f"@patch.migrate({scn.module_name + ':Point'!r})\ndef policy(old, new, env):\n" + body
+    )
+
+
+def test_a_split_migration_equals_a_whole_one(scenario, split_small):
+    scn = scenario("mig_ahead")
+    points = [scn.module.Point(i, f"p{i}") for i in range(400)]
+    ids = [id(p) for p in points]
+    report = gdsu_fork.update(
+        patch_for(scn, "    new.doubled = old.x * 2\n    return new\n"), rehearse=False
+    )
+    assert report.outcome == Outcome.COMMITTED, report.reason
+    assert report.migrated == len(points)
+    assert [id(p) for p in points] == ids
+    assert all(
+        vars(p) == {"x": i, "label": f"p{i}", "doubled": 2 * i} for i, p in enumerate(points)
+    )
+    halves = split_small.read_text().split()
+    assert len(halves) == 1 and halves[0] != "redone"  # one sibling sent its half, taken as is
+
+
+def test_a_half_that_raises_in_the_sibling_is_reported_as_if_alone(scenario, split_small):
+    scn = scenario("mig_ahead")
+    points = [scn.module.Point(i, "p") for i in range(400)]
+    body = "    if old.x == 3:\n        raise ValueError('bad point')\n    return new\n"
+    report = gdsu_fork.update(patch_for(scn, body), rehearse=False)
+    assert report.outcome == Outcome.DISCARDED
+    assert "ValueError: bad point" in report.reason
+    assert all(not hasattr(p, "doubled") for p in points)
+
+
+def test_results_that_cannot_travel_by_name_are_made_by_the_child(scenario, split_small):
+    """A value the program owns (here a list of this test module) needs the child's address."""
+    scn = scenario("mig_ahead")
+    points = [scn.module.Point(i, "p") for i in range(400)]
+    body = f"    import {__name__} as t\n    new.doubled = t.SHARED\n    return new\n"
+    report = gdsu_fork.update(patch_for(scn, body), rehearse=False)
+    assert report.outcome == Outcome.COMMITTED, report.reason
+    assert all(p.doubled is SHARED for p in points)
+    assert "redone" in split_small.read_text().split()
+
+
+def test_a_sibling_that_crashes_changes_nothing(scenario, split_small):
+    scn = scenario("mig_ahead")
+    points = [scn.module.Point(i, "p") for i in range(400)]
+    body = "    import ctypes\n    if old.x == 3:\n        ctypes.string_at(0)\n    return new\n"
+    report = gdsu_fork.update(patch_for(scn, body), rehearse=False)
+    assert report.outcome == Outcome.DISCARDED
+    assert "SIGSEGV" in report.reason
+    assert all(not hasattr(p, "doubled") for p in points)
