@@ -28,6 +28,20 @@ from . import cow
 from .errors import GdsuError
 
 _OK, _FAILED = b"K", b"E"
+# What a child writes on its pipe: any number of b"P" + pid (a process doing its work, for the
+# parent's watcher), then b"A" + length + the answer (_OK or _FAILED, then the bytes).
+_PID, _ANSWER = b"P", b"A"
+_PID_FRAME = 1 + 8
+
+# In an update child: where its answer goes, for `announce` (None in the program itself).
+_answer_fd: int | None = None
+
+
+def announce(pid: int) -> None:
+    """Tell the parent's watcher that process `pid` works for this update child (a grandchild
+    it forked), so that the watcher's memory and time caps cover it too."""
+    if _answer_fd is not None:
+        _write_all(_answer_fd, _PID + struct.pack("!Q", pid))
 
 
 class Snapshot:
@@ -170,8 +184,10 @@ def _child_main(
     parent: int,
     release_fd: int | None,
 ) -> None:
+    global _answer_fd
     code = 1
     try:
+        _answer_fd = write_fd
         _die_with_parent(parent)
         if memory is not None:
             _cap_memory(memory)
@@ -182,13 +198,14 @@ def _child_main(
                 _hold(release_fd, write_fd, worker)
             os.close(release_fd)
             _die_with_parent(holder)
-            # its pid first, for the parent's watcher: one writer keeps the pipe in order
-            _write_all(write_fd, struct.pack("!Q", os.getpid()))
+            announce(os.getpid())  # the worker writes every frame: one writer keeps the order
+        else:
+            announce(os.getpid())
         try:
             payload = _OK + work()
         except BaseException:
             payload = _FAILED + _describe_exception().encode("utf-8", "replace")
-        _write_all(write_fd, struct.pack("!Q", len(payload)) + payload)
+        _write_all(write_fd, _ANSWER + struct.pack("!Q", len(payload)) + payload)
         # EOF now, before the exit tears down the copy of the heap: the parent needs no more
         os.close(write_fd)
         code = 0
@@ -276,8 +293,6 @@ def start_forked(
     if release_read is not None and release_write is not None:
         os.close(release_read)
         held = Snapshot(pid, release_write)
-    else:
-        _announce(on_start, pid)
     return Running(pid, read_fd, held, started, on_start)
 
 
@@ -299,7 +314,9 @@ class Running:
         self._on_start = on_start
 
     def _read(self, deadline: float) -> tuple[bytes, bool]:
-        """Everything the child sent until its end of file, and whether the deadline passed."""
+        """The child's answer frame (what follows b"A"; may be cut short), and whether the
+        deadline passed; pid frames before it go to the watcher as they arrive."""
+        pending = b""
         chunks: list[bytes] = []
         try:
             while True:
@@ -314,9 +331,15 @@ class Running:
                 chunk = os.read(self._read_fd, 1 << 20)
                 if not chunk:
                     return b"".join(chunks), False
-                if self._held is not None and not chunks and len(chunk) >= 8:
-                    _announce(self._on_start, struct.unpack("!Q", chunk[:8])[0])  # the worker
-                chunks.append(chunk)
+                if chunks:
+                    chunks.append(chunk)
+                    continue
+                pending += chunk
+                while pending[:1] == _PID and len(pending) >= _PID_FRAME:
+                    _announce(self._on_start, struct.unpack("!Q", pending[1:_PID_FRAME])[0])
+                    pending = pending[_PID_FRAME:]
+                if pending[:1] == _ANSWER:
+                    chunks.append(pending[1:])
         finally:
             os.close(self._read_fd)
 
@@ -325,8 +348,6 @@ class Running:
         seconds after it started is killed."""
         pid, held = self.pid, self._held
         data, timed_out = self._read(self._started + timeout)
-        if held is not None:
-            data = data[8:]  # the worker's pid
         complete = len(data) >= 8 and struct.unpack("!Q", data[:8])[0] == len(data) - 8
         if complete and data[8:9] == _OK and not timed_out:
             seconds = time.monotonic() - self._started

@@ -45,6 +45,7 @@ def migrate(
     half = len(positions) // 2
     first, rest = positions[:half], positions[half:]
     sibling = isolate.start_forked(lambda: _migrate_half(migration, objects, first, rewrites))
+    isolate.announce(sibling.pid)
     migration.migrate_positions(objects, rest)
     result = sibling.wait(timeout)
     if result.ok and result.payload:

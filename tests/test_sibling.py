@@ -90,3 +90,23 @@ def test_a_sibling_that_crashes_changes_nothing(scenario, split_small):
     assert report.outcome == Outcome.DISCARDED
     assert "SIGSEGV" in report.reason
     assert all(not hasattr(p, "doubled") for p in points)
+
+
+def test_the_sibling_is_announced_to_the_watcher(scenario, split_small):
+    """Its pid reaches the progress events, so gdsu-supervise caps its memory and time too."""
+    scn = scenario("mig_ahead")
+    points = [scn.module.Point(i, "p") for i in range(400)]
+    announced: list[int] = []
+
+    def progress(event: gdsu_fork.Progress) -> None:
+        if event.phase is gdsu_fork.Phase.CHILD:
+            announced.append(event.data["pid"])
+
+    report = gdsu_fork.update(
+        patch_for(scn, "    new.doubled = 1\n    return new\n"), rehearse=False, progress=progress
+    )
+    assert report.outcome == Outcome.COMMITTED, report.reason
+    (half,) = map(int, split_small.read_text().split())
+    assert half in announced
+    assert len(set(announced)) == 3  # the analysis child, the commit child and its sibling
+    assert all(p.doubled == 1 for p in points)
