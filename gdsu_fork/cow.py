@@ -38,7 +38,7 @@ import signal
 from array import array
 from collections.abc import Sequence
 from types import ModuleType, TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
@@ -126,7 +126,25 @@ def dirty(state: StatePages, flags: bytes) -> list[int]:
     return _ext().dirty_positions(state.starts, slots, flags)
 
 
-class Sentinel:
+class _Closing:
+    """A context manager whose exit is its `close()`."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Sentinel(_Closing):
     """A child that keeps this process's pages mapped as they were when it was forked.
 
     It runs no Python code (forked from C, no at-fork hooks), closes every inherited descriptor
@@ -155,24 +173,13 @@ class Sentinel:
             os.kill(self.pid, signal.SIGKILL)
         os.waitpid(self.pid, 0)
 
-    def __enter__(self) -> Sentinel:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 def open_sentinel() -> Sentinel:
     """Forks a sentinel child; close it (or use it as a context manager) to end it."""
     return Sentinel()
 
 
-class ForkCanary:
+class ForkCanary(_Closing):
     """A private page that tells whether this process forked again since `arm()`.
 
     Armed (written) right after the reference fork, the page is this process's alone; a later fork
@@ -196,17 +203,6 @@ class ForkCanary:
     def close(self) -> None:
         """Unmaps the page."""
         self._page.close()
-
-    def __enter__(self) -> ForkCanary:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_canary() -> ForkCanary:

@@ -10,7 +10,15 @@ import uuid
 from pathlib import Path
 from types import ModuleType
 
+from gdsu_fork import Outcome, Report
+
 SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+def committed(report: Report) -> Report:
+    """`report`, after checking that its update committed (else fail with its reason)."""
+    assert report.outcome == Outcome.COMMITTED, report.reason
+    return report
 
 
 @dataclasses.dataclass

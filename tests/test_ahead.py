@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 import psutil
 import pytest
+from scenario import committed
 
 import gdsu_fork
 from gdsu_fork import Outcome, Phase, cow
@@ -68,11 +69,6 @@ def once_waiting(action: Callable[[], None]) -> Callable[[gdsu_fork.Progress], N
             action()
 
     return listener
-
-
-def committed(report: gdsu_fork.Report) -> gdsu_fork.Report:
-    assert report.outcome == Outcome.COMMITTED, report.reason
-    return report
 
 
 def test_instances_changed_while_waiting_are_migrated_from_their_new_state(scenario):
@@ -197,19 +193,26 @@ def test_a_dead_snapshot_child_never_lets_a_changed_instance_be_reused(scenario)
     assert report.reused < len(points)
 
 
-def test_a_failed_rehearsal_leaves_no_child_behind(scenario):
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("    raise ValueError('no')\n", "ValueError: no"),
+        ("    import ctypes\n    ctypes.string_at(0)\n", "SIGSEGV"),  # the snapshot says how
+    ],
+    ids=["raises", "crashes"],
+)
+def test_a_failed_migration_rehearsal_costs_no_pause_and_leaves_no_child(scenario, body, reason):
     scn = scenario("mig_ahead")
     mod = scn.module
     points = [mod.Point(i, "p") for i in range(100)]
     extra = (
         f"@patch.migrate({scn.module_name + ':Point'!r})\n"
         "@policies.pure\n"
-        "def broken(old, new, env):\n"
-        "    raise ValueError('no')\n"
+        "def broken(old, new, env):\n" + body
     )
     report = gdsu_fork.update(patch_for(scn, extra))
     assert report.outcome == Outcome.DISCARDED
-    assert "ValueError: no" in report.reason
+    assert reason in report.reason
     assert report.timings["pause"] == 0
     assert all(not hasattr(p, "doubled") for p in points)
     assert psutil.Process().children() == []
@@ -237,24 +240,3 @@ def test_a_program_using_gc_freeze_still_gets_its_migration_rehearsed(scenario):
         gc.unfreeze()
     assert report.reused == 0
     assert all(p.doubled == 2 * p.x for p in points)
-
-
-def test_a_migration_that_crashes_its_worker_is_reported_and_costs_no_pause(scenario):
-    """The rehearsal's worker dies; its snapshot child ends the same way, so the report can
-    name the signal."""
-    scn = scenario("mig_ahead")
-    mod = scn.module
-    points = [mod.Point(i, "p") for i in range(100)]
-    extra = (
-        "import ctypes\n"
-        f"@patch.migrate({scn.module_name + ':Point'!r})\n"
-        "@policies.pure\n"
-        "def crash(old, new, env):\n"
-        "    ctypes.string_at(0)\n"
-    )
-    report = gdsu_fork.update(patch_for(scn, extra))
-    assert report.outcome == Outcome.DISCARDED
-    assert "SIGSEGV" in report.reason
-    assert report.timings["pause"] == 0
-    assert all(not hasattr(p, "doubled") for p in points)
-    assert psutil.Process().children() == []

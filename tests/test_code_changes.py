@@ -6,14 +6,10 @@ import inspect
 import traceback
 
 import pytest
+from scenario import committed
 
 import gdsu_fork
 from gdsu_fork import Outcome
-
-
-def committed(report: gdsu_fork.Report) -> gdsu_fork.Report:
-    assert report.outcome == Outcome.COMMITTED, report.reason
-    return report
 
 
 @pytest.fixture

@@ -5,14 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from scenario import committed
 
 import gdsu_fork
 from gdsu_fork import Outcome
-
-
-def committed(report: gdsu_fork.Report) -> gdsu_fork.Report:
-    assert report.outcome == Outcome.COMMITTED, report.reason
-    return report
 
 
 def test_added_renamed_removed_fields(scenario):

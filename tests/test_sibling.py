@@ -61,34 +61,21 @@ def test_a_split_migration_equals_a_whole_one(scenario, split_small):
     assert len(halves) == 1 and halves[0] != "redone"  # one sibling sent its half, taken as is
 
 
-def test_a_half_that_raises_in_the_sibling_is_reported_as_if_alone(scenario, split_small):
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("    if old.x == 3:\n        raise ValueError('bad point')\n", "ValueError: bad point"),
+        ("    import ctypes\n    if old.x == 3:\n        ctypes.string_at(0)\n", "SIGSEGV"),
+    ],
+    ids=["raises", "crashes"],
+)
+def test_a_half_that_fails_in_the_sibling_fails_as_if_alone(scenario, split_small, body, reason):
+    """The child migrates the sibling's half itself, and meets the same failure."""
     scn = scenario("mig_ahead")
     points = [scn.module.Point(i, "p") for i in range(400)]
-    body = "    if old.x == 3:\n        raise ValueError('bad point')\n    return new\n"
-    report = gdsu_fork.update(patch_for(scn, body), rehearse=False)
+    report = gdsu_fork.update(patch_for(scn, body + "    return new\n"), rehearse=False)
     assert report.outcome == Outcome.DISCARDED
-    assert "ValueError: bad point" in report.reason
-    assert all(not hasattr(p, "doubled") for p in points)
-
-
-def test_results_that_cannot_travel_by_name_are_made_by_the_child(scenario, split_small):
-    """A value the program owns (here a list of this test module) needs the child's address."""
-    scn = scenario("mig_ahead")
-    points = [scn.module.Point(i, "p") for i in range(400)]
-    body = f"    import {__name__} as t\n    new.doubled = t.SHARED\n    return new\n"
-    report = gdsu_fork.update(patch_for(scn, body), rehearse=False)
-    assert report.outcome == Outcome.COMMITTED, report.reason
-    assert all(p.doubled is SHARED for p in points)
-    assert "redone" in split_small.read_text().split()
-
-
-def test_a_sibling_that_crashes_changes_nothing(scenario, split_small):
-    scn = scenario("mig_ahead")
-    points = [scn.module.Point(i, "p") for i in range(400)]
-    body = "    import ctypes\n    if old.x == 3:\n        ctypes.string_at(0)\n    return new\n"
-    report = gdsu_fork.update(patch_for(scn, body), rehearse=False)
-    assert report.outcome == Outcome.DISCARDED
-    assert "SIGSEGV" in report.reason
+    assert reason in report.reason
     assert all(not hasattr(p, "doubled") for p in points)
 
 

@@ -9,14 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from scenario import committed
 
 import gdsu_fork
 from gdsu_fork import Outcome, Phase
-
-
-def committed(report: gdsu_fork.Report) -> gdsu_fork.Report:
-    assert report.outcome == Outcome.COMMITTED, report.reason
-    return report
 
 
 @pytest.fixture
