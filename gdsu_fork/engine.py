@@ -86,6 +86,7 @@ class _Update:
         self.ahead_pages: cow.StatePages | None = None
         self.snapshot: Snapshot | None = None
         self.marked = False  # the heap was listed at the mark (job.prior_objects)
+        self.analysis = Analysis()  # what the first child found
 
     def emit(self, phase: Phase, message: str, **data: object) -> None:
         if self.progress is not None:
@@ -137,6 +138,7 @@ class _Update:
             return self.finish(Outcome.DISCARDED, result.reason)
         analysis, _ = unpack(result.payload)
         self.take_analysis(analysis)
+        self.analysis = analysis
         codes = analysis_.blocking_codes([(m, tuple(s)) for m, s in analysis.blocking])  # type: ignore[misc]
         allowed = _allowed_codes(analysis.allowed)
         with self.heap_mark(analysis, codes - allowed) as suspended:
@@ -264,7 +266,8 @@ class _Update:
         self.reusable_positions()
         me = threading.get_ident()
         self.job.frames = [f for ident, f in sys._current_frames().items() if ident != me]
-        self.job.young = gc.get_objects()  # the child indexes this very list
+        # made since the mark (and needed): the child indexes this very list
+        self.job.young = _needed(self.analysis, gc.get_objects())
         try:
             return self.run_commit_child(pause_started)
         finally:
@@ -336,12 +339,14 @@ def _suspendable(codes: set[types.CodeType]) -> bool:
 
 
 def _needed(analysis: Analysis, listing: list[Any]) -> list[Any]:
-    """From a listing of the heap, what the paused child needs: instances of affected classes
-    and, when nested code changed, functions (closures made at run time)."""
+    """From a listing of the heap, what the update child needs: instances of affected classes
+    and, when nested code changed, functions (closures made at run time). The rest (most of a
+    heap) the child would only have to skip (C-level loops)."""
     classes = {analysis_.resolve_qualname(*name.split(":")) for name in analysis.affected}
-    affected = analysis_.subclasses_of({c for c in classes if isinstance(c, type)})
-    nested = analysis.nested
-    return [o for o in listing if type(o) in affected or (nested and type(o) is types.FunctionType)]
+    kinds = analysis_.subclasses_of({c for c in classes if isinstance(c, type)})
+    if analysis.nested:
+        kinds.add(types.FunctionType)
+    return list(compress(listing, map(kinds.__contains__, map(type, listing))))
 
 
 def _allowed_codes(allowed: list[tuple[str, str]]) -> set[types.CodeType]:

@@ -1,7 +1,8 @@
 """Migrating with both cores: the update child forks a sibling that migrates half the positions.
 
 A migration is a Python loop over instances, bound to one core by the GIL; a second process does
-half of it meanwhile. The sibling is forked once the new environment is built, so that both
+half of it meanwhile. Only when every policy is pure (policies.py): an impure one may count or
+collect across instances, and would see half of them in each process. The sibling is forked once the new environment is built, so that both
 resolve the same names: it sends its half by name (byname.py) and the child takes it as its own.
 If the sibling cannot — its half raised, it crashed, or its results cannot travel by name — the
 child migrates that half itself, so a failure is found and reported exactly as without a sibling.
@@ -16,15 +17,20 @@ from collections.abc import Sequence
 from . import byname, delta, isolate
 from .bulk import Listing
 from .migrate import Migration
+from .policies import is_pure
 from .rewrite import Rewrites
 
 # Below this many positions to look at, the sibling's fork costs more than it saves.
 PARALLEL_FROM = 20_000
 
 
-def worth_splitting(positions: int) -> bool:
+def worth_splitting(migration: Migration, positions: int) -> bool:
     """Whether a migration over `positions` objects should take a sibling."""
-    return positions >= PARALLEL_FROM and len(os.sched_getaffinity(0)) >= 2
+    return (
+        positions >= PARALLEL_FROM
+        and len(os.sched_getaffinity(0)) >= 2
+        and all(is_pure(policy) for policy in migration.patch.migrations.values())
+    )
 
 
 def migrate(
@@ -39,7 +45,7 @@ def migrate(
     positions = migration.begin(objects, reuse)  # type: ignore[arg-type]
     if positions is None:
         return
-    if not worth_splitting(len(positions)):
+    if not worth_splitting(migration, len(positions)):
         migration.migrate_positions(objects, positions)
         return
     half = len(positions) // 2

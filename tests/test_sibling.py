@@ -38,10 +38,10 @@ def split_small(monkeypatch, tmp_path: Path) -> Path:
     return log
 
 
-def patch_for(scn, body: str) -> Path:
-    return scn.patch_file(
-        extra=f"@patch.migrate({scn.module_name + ':Point'!r})\ndef policy(old, new, env):\n" + body
-    )
+def patch_for(scn, body: str, decorator: str = "@policies.pure\n") -> Path:
+    """A patch whose migration of Point runs `body` (pure unless `decorator` says otherwise)."""
+    target = f"@patch.migrate({scn.module_name + ':Point'!r})\n"
+    return scn.patch_file(extra=target + decorator + "def policy(old, new, env):\n" + body)
 
 
 def test_a_split_migration_equals_a_whole_one(scenario, split_small):
@@ -97,3 +97,16 @@ def test_the_sibling_is_announced_to_the_watcher(scenario, split_small):
     assert half in announced
     assert len(set(announced)) == 3  # the analysis child, the commit child and its sibling
     assert all(p.doubled == 1 for p in points)
+
+
+def test_impure_policies_migrate_in_one_process(scenario, split_small):
+    """An impure policy may keep state across instances: it must see them all, in order."""
+    scn = scenario("mig_ahead")
+    points = [scn.module.Point(i, "p") for i in range(400)]
+    body = "    seen.append(old.x)\n    new.doubled = len(seen)\n    return new\n"
+    patch = patch_for(scn, body, decorator="")
+    patch.write_text(patch.read_text().replace("@patch.migrate", "seen = []\n@patch.migrate", 1))
+    report = gdsu_fork.update(patch, rehearse=False)
+    assert report.outcome == Outcome.COMMITTED, report.reason
+    assert [p.doubled for p in points] == list(range(1, 401))
+    assert not split_small.exists()  # no half was migrated apart
