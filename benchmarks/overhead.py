@@ -6,22 +6,27 @@ the ratios (target: >= 0.99), with their spread. Each run starts a fresh server,
 it with ten keep-alive clients for a warm-up, then measures. The server (and its supervisor) run
 on one CPU and the clients on the others, so that neither takes the other's time; beside
 throughput, which moves with whatever else the machine runs, each run records the CPU time of
-the server's processes (the supervisor's included) per request. Writes
-benchmarks/results/<name>.json and .png and prints a table.
+the server's processes (the supervisor's included) per request. With `--together` the two
+servers of a pair run and are loaded at the same time, sharing the server CPU, so that the rest
+of the machine's work slows both alike. Writes benchmarks/results/<name>.json and .png and
+prints a table.
 
-    python benchmarks/overhead.py            # 15 pairs: 2 s warm-up, 6 s measured per run
-    python benchmarks/overhead.py --quick    # 5 pairs: 1 s warm-up, 2 s measured
+    python benchmarks/overhead.py               # 15 pairs: 2 s warm-up, 6 s measured per run
+    python benchmarks/overhead.py --together    # the same, both sides of a pair at once
+    python benchmarks/overhead.py --quick       # 5 pairs: 1 s warm-up, 2 s measured
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,41 +61,43 @@ def window_rows(rows: list[dict[str, Any]], warmup: int, duration: int) -> list[
     return [r for r in rows if warmup <= r["second"] < warmup + duration]
 
 
-def measure(
+@contextlib.contextmanager
+def _seeded_server(
+    supervised: bool, messages: int, cpus: set[int] | None
+) -> Iterator[tuple[cb.ServerProcess, psutil.Process]]:
+    with cb.open_server(supervised=supervised, cpus=cpus) as server:
+        cb.prepare(server.url, messages)
+        yield server, psutil.Process(server.pid)
+
+
+def _load(
+    server: cb.ServerProcess,
+    root: psutil.Process,
     *,
     supervised: bool,
     warmup: int,
     duration: int,
     clients: int,
-    messages: int,
-    cpus: tuple[set[int], set[int]] | None,
+    cpus: set[int] | None,
 ) -> Measured:
-    """Throughput and CPU cost of one fresh server over `duration` s, after `warmup` s of load.
-
-    Throughput depends on what else the machine runs; CPU per request much less so, and it
-    counts the supervisor's own work too.
-    """
-    server_cpus, client_cpus = cpus if cpus is not None else (None, None)
+    """Load `server` for `warmup` + `duration` s; what the measured window saw."""
     marks: dict[str, tuple[float, float]] = {}
-    with cb.open_server(supervised=supervised, cpus=server_cpus) as server:
-        cb.prepare(server.url, messages)
-        root = psutil.Process(server.pid)
 
-        def window(t0: float) -> None:
-            # Sleeping to points of the schedule, not waiting for an event.
-            time.sleep(max(0.0, t0 + warmup - time.monotonic()))
-            marks["start"] = _cpu_seconds(root)
-            time.sleep(max(0.0, t0 + warmup + duration - time.monotonic()))
-            marks["end"] = _cpu_seconds(root)
+    def window(t0: float) -> None:
+        # Sleeping to points of the schedule, not waiting for an event.
+        time.sleep(max(0.0, t0 + warmup - time.monotonic()))
+        marks["start"] = _cpu_seconds(root)
+        time.sleep(max(0.0, t0 + warmup + duration - time.monotonic()))
+        marks["end"] = _cpu_seconds(root)
 
-        results, _ = cb.run_load(
-            server.url,
-            clients=clients,
-            duration=warmup + duration,
-            during=window,
-            tail=0.0,
-            cpus=client_cpus,
-        )
+    results, _ = cb.run_load(
+        server.url,
+        clients=clients,
+        duration=warmup + duration,
+        during=window,
+        tail=0.0,
+        cpus=cpus,
+    )
     rows = cb.per_second(results)
     errors = sum(r["errors"] for r in rows)
     if errors:
@@ -112,34 +119,98 @@ def measure(
     )
 
 
+def measure(
+    *,
+    supervised: bool,
+    warmup: int,
+    duration: int,
+    clients: int,
+    messages: int,
+    cpus: tuple[set[int], set[int]] | None,
+) -> Measured:
+    """Throughput and CPU cost of one fresh server over `duration` s, after `warmup` s of load.
+
+    Throughput depends on what else the machine runs; CPU per request much less so, and it
+    counts the supervisor's own work too.
+    """
+    server_cpus, client_cpus = cpus if cpus is not None else (None, None)
+    with _seeded_server(supervised, messages, server_cpus) as (server, root):
+        return _load(
+            server,
+            root,
+            supervised=supervised,
+            warmup=warmup,
+            duration=duration,
+            clients=clients,
+            cpus=client_cpus,
+        )
+
+
+def measure_together(
+    *,
+    warmup: int,
+    duration: int,
+    clients: int,
+    messages: int,
+    cpus: tuple[set[int], set[int]] | None,
+) -> tuple[Measured, Measured]:
+    """(plain, supervised), both fresh and loaded at the same time, sharing the server CPU.
+
+    Whatever else the machine runs then slows both alike; with the server CPU saturated, each
+    server's share of requests is its share of that CPU, so a costlier server answers fewer.
+    """
+    server_cpus, client_cpus = cpus if cpus is not None else (None, None)
+    with (
+        _seeded_server(False, messages, server_cpus) as plain,
+        _seeded_server(True, messages, server_cpus) as supervised,
+        concurrent.futures.ThreadPoolExecutor(2) as pool,
+    ):
+        futures = [
+            pool.submit(
+                _load,
+                *side,
+                supervised=is_supervised,
+                warmup=warmup,
+                duration=duration,
+                clients=clients,
+                cpus=client_cpus,
+            )
+            for side, is_supervised in ((plain, False), (supervised, True))
+        ]
+        deadline = warmup + duration + 180
+        return futures[0].result(timeout=deadline), futures[1].result(timeout=deadline)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """All pairs, interleaved; the median ratio."""
     cpus = cb.split_cpus() if args.pin else None
     pairs: list[dict[str, Any]] = []
     ratios: list[float] = []
     cpu_ratios: list[float] = []
+    common = {
+        "warmup": args.warmup,
+        "duration": args.duration,
+        "clients": args.clients,
+        "messages": args.messages,
+        "cpus": cpus,
+    }
     for i in range(args.pairs):
-        # Alternate which side goes first, so warm-up or drift does not favour one.
-        order = (False, True) if i % 2 == 0 else (True, False)
-        measured = {
-            supervised: measure(
-                supervised=supervised,
-                warmup=args.warmup,
-                duration=args.duration,
-                clients=args.clients,
-                messages=args.messages,
-                cpus=cpus,
-            )
-            for supervised in order
-        }
-        plain, supervised = measured[False], measured[True]
+        if args.together:
+            plain, supervised = measure_together(**common)
+            first = "together"
+        else:
+            # Alternate which side goes first, so warm-up or drift does not favour one.
+            order = (False, True) if i % 2 == 0 else (True, False)
+            measured = {side: measure(supervised=side, **common) for side in order}
+            plain, supervised = measured[False], measured[True]
+            first = "supervised" if order[0] else "plain"
         ratios.append(round(supervised.rps / plain.rps, 4))
         # > 1 when supervision makes each request cheaper: the inverse CPU cost ratio
         cpu_ratios.append(round(plain.cpu_us_per_request / supervised.cpu_us_per_request, 4))
         pairs.append(
             {
                 "pair": i + 1,
-                "first": "supervised" if order[0] else "plain",
+                "first": first,
                 "plain_rps": round(plain.rps, 1),
                 "supervised_rps": round(supervised.rps, 1),
                 "ratio": ratios[-1],
@@ -161,6 +232,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "overhead",
         "config": {
             "pairs": args.pairs,
+            "mode": "together" if args.together else "interleaved",
             "warmup_s": args.warmup,
             "duration_s": args.duration,
             "server_cpus": sorted(cpus[0]) if cpus else None,
@@ -233,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=2, help="seconds of load before measuring")
     parser.add_argument("--duration", type=int, default=6, help="seconds measured per run")
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="load both servers at the same time on the one server CPU, instead of in turn",
+    )
     parser.add_argument(
         "--no-pin",
         dest="pin",

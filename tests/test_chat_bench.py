@@ -186,9 +186,11 @@ def test_a_pinned_server_and_its_threads_stay_on_their_cpu() -> None:
 @pytest.mark.slow
 @TWO_CPUS
 @pytest.mark.skipif(cb.supervisor_command() is None, reason="gdsu-supervise is not installed")
-def test_overhead_run_measures_both_sides(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["interleaved", "together"])
+def test_overhead_run_measures_both_sides(tmp_path: Path, mode: str) -> None:
     command = [sys.executable, str(BENCH_DIR / "overhead.py"), "--pairs", "1", "--warmup", "1"]
     command += ["--duration", "1", "--clients", "2", "--messages", "10"]
+    command += ["--together"] if mode == "together" else []
     command += ["--results", str(tmp_path), "--name", "ov"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     data = json.loads((tmp_path / "ov.json").read_text())
@@ -196,6 +198,7 @@ def test_overhead_run_measures_both_sides(tmp_path: Path) -> None:
     assert pair["plain_rps"] > 0 and pair["supervised_rps"] > 0
     assert pair["plain_cpu_us"] > 0 and pair["supervised_cpu_us"] > 0
     config = data["config"]
+    assert config["mode"] == mode
     assert not set(config["server_cpus"]) & set(config["client_cpus"])
     assert done.returncode in (0, 1), done.stderr[-2000:]  # 1: below the target, on one pair
     assert (tmp_path / "ov.png").stat().st_size > 0
