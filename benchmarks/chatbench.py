@@ -78,13 +78,42 @@ def _pump(stream: Any, lines: queue.Queue[str | None], keep: list[str]) -> None:
 
 
 @contextlib.contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """Run the body with this thread pinned to `cpus` (None: unchanged); processes it starts
+    inherit the set, and so do their threads."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def split_cpus() -> tuple[set[int], set[int]] | None:
+    """(server CPUs, client CPUs): the first CPU this process may use for the server, the
+    others for the load clients, so that neither steals the other's time; None with one CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return {cpus[0]}, set(cpus[1:])
+
+
+@contextlib.contextmanager
 def open_server(
-    *, supervised: bool = False, name: str | None = None, timeout: float = 30.0
+    *,
+    supervised: bool = False,
+    name: str | None = None,
+    timeout: float = 30.0,
+    cpus: set[int] | None = None,
 ) -> Iterator[ServerProcess]:
     """Start the chat server on a free port; stop it (TERM, then KILL) at exit.
 
     Supervised, it runs under `gdsu-supervise --name NAME` with a journal in a temporary
-    directory, so benchmark runs leave no state behind.
+    directory, so benchmark runs leave no state behind. `cpus`: the CPUs the server (and its
+    supervisor) may run on.
     """
     with contextlib.ExitStack() as stack:
         command = [sys.executable, str(APP), "--port", "0", "--stats"]
@@ -96,15 +125,16 @@ def open_server(
             name = name or f"chat-bench-{os.getpid()}"
             state = stack.enter_context(tempfile.TemporaryDirectory(prefix="chat-bench-"))
             command = [*supervise, "--name", name, "--state-dir", state, "--", *command[1:]]
-        proc = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            cwd=CHAT_DIR,
-            start_new_session=True,
-        )
+        with pinned(cpus):
+            proc = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                cwd=CHAT_DIR,
+                start_new_session=True,
+            )
         lines: queue.Queue[str | None] = queue.Queue()
         output: list[str] = []
         pump = threading.Thread(target=_pump, args=(proc.stdout, lines, output), daemon=True)
@@ -188,6 +218,7 @@ class ClientSpec:
     posts: int = 50
     seed: int = 0
     rate: float = 0.0  # requests per second for this client; 0: as fast as the server answers
+    cpus: frozenset[int] | None = None  # the CPUs this client may run on (None: any)
 
 
 @dataclasses.dataclass
@@ -217,6 +248,8 @@ def run_client(spec: ClientSpec, ready: Any, go: Any, start: Any, end: Any) -> C
     the coordinator may push back while an update is still running.
     """
     result = ClientResult(spec.user, [], [], [], [], [], {}, Counter())
+    if spec.cpus is not None:
+        os.sched_setaffinity(0, spec.cpus)
     rng = random.Random(spec.seed * 1000 + spec.user)
     me = user_name(spec.user)
     # A long pause should show as latency, not as an error: time out only past any update timeout.
@@ -293,18 +326,24 @@ def run_load(
     seed_no: int = 0,
     rate: float = 0.0,
     tail: float = 2.0,
+    cpus: set[int] | None = None,
 ) -> tuple[list[ClientResult], float]:
     """Run `clients` client processes for `duration` s; call `during(t0)` meanwhile.
 
     If `during` is still running at the end, the clients go on until `tail` s after it returns,
     so that whatever it does is measured under load. `rate` caps the requests per second of all
-    clients together (0: no cap). Returns the clients' results and how long they ran (s).
+    clients together (0: no cap); `cpus` pins the clients. Returns the clients' results and how
+    long they ran (s).
     """
     ctx = multiprocess.get_context("fork")
     ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
     # Plain shared doubles: written by this process only, read by the clients on every round.
     start, end = ctx.Value("d", 0.0, lock=False), ctx.Value("d", float("inf"), lock=False)
-    specs = [ClientSpec(u, url, seed=seed_no, rate=rate / clients) for u in range(1, clients + 1)]
+    pin = frozenset(cpus) if cpus is not None else None
+    specs = [
+        ClientSpec(u, url, seed=seed_no, rate=rate / clients, cpus=pin)
+        for u in range(1, clients + 1)
+    ]
     procs = [
         ctx.Process(target=_client_process, args=(s, ready, go, start, end, out)) for s in specs
     ]

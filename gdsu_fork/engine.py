@@ -205,29 +205,41 @@ class _Update:
         code (yielded). An object made between the listing and the mark would be in neither,
         so the program's threads are parked for those two C-level steps (about 20 ms per
         million objects); sorting the listing happens after they run on.
+
+        A program that uses gc.freeze() itself has objects in the permanent generation, which
+        the collector's walks skip: they are unfrozen for the listing, so that its frozen
+        instances are found and migrated too. The collector cannot re-freeze just those, so
+        when the update ends everything that exists then is frozen again: what the program
+        froze stays frozen, and so does what it made since, as if it had called gc.freeze()
+        at that moment (cyclic garbage among those objects is never collected, as for any
+        frozen object).
         """
-        if gc.get_freeze_count() > STARTUP_FROZEN:
-            # The program uses gc.freeze itself: no mark, the pause lists every unfrozen object.
-            # (Objects the program froze are invisible to the collector and are not found.)
-            yield safepoint.find_suspended(blocking)
-            return
+        program_froze = gc.get_freeze_count() > STARTUP_FROZEN
         listing: list[Any] | None = None
-        if analysis.nested or analysis.affected or _suspendable(blocking):
-            with safepoint.paused_at_safe_point((), timeout=self.timeout):
-                listing = gc.get_objects() if analysis.nested or analysis.affected else None
-                suspended = safepoint.find_suspended(blocking)
-                gc.freeze()
-        else:
-            suspended = []
-            gc.freeze()
+        marking = False  # from here on the collector's generations are the mark's to restore
         try:
+            if analysis.nested or analysis.affected or _suspendable(blocking):
+                with safepoint.paused_at_safe_point((), timeout=self.timeout):
+                    marking = True
+                    if program_froze:
+                        gc.unfreeze()
+                    listing = gc.get_objects() if analysis.nested or analysis.affected else None
+                    suspended = safepoint.find_suspended(blocking)
+                    gc.freeze()
+            else:
+                suspended = []
+                marking = True
+                gc.freeze()
             if listing is not None:
                 self.job.prior_objects = _needed(analysis, listing)
                 self.marked = True
             del listing
             yield suspended
         finally:
-            gc.unfreeze()
+            if marking:
+                gc.unfreeze()
+                if program_froze:
+                    gc.freeze()
 
     def wait_pause_commit(
         self, codes: set[types.CodeType], allowed: set[types.CodeType], suspended: list[object]

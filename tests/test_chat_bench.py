@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -136,3 +138,67 @@ def test_update_under_full_load_migrates_every_message(tmp_path: Path) -> None:
     assert summary["classes"]["ok"], (summary["classes"], report["timings"])
     assert summary["errors"] == 0 and summary["delivery"]["lost"] == 0
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _load_overhead():  # benchmarks/overhead.py under its own name, as load.py above
+    spec = importlib.util.spec_from_file_location("chat_bench_overhead", BENCH_DIR / "overhead.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+overhead = _load_overhead()
+TWO_CPUS = pytest.mark.skipif(cb.split_cpus() is None, reason="needs two CPUs to pin apart")
+
+
+def test_overhead_counts_only_the_measured_seconds() -> None:
+    rows = [{"second": s, "requests": 100 + s} for s in range(6)]
+    assert [r["second"] for r in overhead.window_rows(rows, warmup=2, duration=3)] == [2, 3, 4]
+
+
+@TWO_CPUS
+def test_a_pinned_server_and_its_threads_stay_on_their_cpu() -> None:
+    server_cpus, client_cpus = cb.split_cpus()  # type: ignore[misc]
+    before = os.sched_getaffinity(0)
+    seen: dict[int, set[int]] = {}
+
+    def during(t0: float) -> None:
+        # The connections' threads start once the server accepts the clients: poll for them.
+        proc = psutil.Process(server.pid)
+        deadline = time.monotonic() + 10
+        while len(proc.threads()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.update({t.id: os.sched_getaffinity(t.id) for t in proc.threads()})
+
+    with cb.open_server(cpus=server_cpus) as server:
+        assert os.sched_getaffinity(0) == before  # only the server was pinned
+        cb.prepare(server.url, 10)
+        results, _ = cb.run_load(
+            server.url, clients=2, duration=0.5, during=during, tail=0.0, cpus=client_cpus
+        )
+    assert len(seen) >= 3, seen  # the main thread and one per connection
+    assert all(cpus == server_cpus for cpus in seen.values())
+    assert sum(r["requests"] for r in cb.per_second(results)) > 0
+
+
+@pytest.mark.slow
+@TWO_CPUS
+@pytest.mark.skipif(cb.supervisor_command() is None, reason="gdsu-supervise is not installed")
+@pytest.mark.parametrize("mode", ["interleaved", "together"])
+def test_overhead_run_measures_both_sides(tmp_path: Path, mode: str) -> None:
+    command = [sys.executable, str(BENCH_DIR / "overhead.py"), "--pairs", "1", "--warmup", "1"]
+    command += ["--duration", "1", "--clients", "2", "--messages", "10"]
+    command += ["--together"] if mode == "together" else []
+    command += ["--results", str(tmp_path), "--name", "ov"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    data = json.loads((tmp_path / "ov.json").read_text())
+    (pair,) = data["pairs"]
+    assert pair["plain_rps"] > 0 and pair["supervised_rps"] > 0
+    assert pair["plain_cpu_us"] > 0 and pair["supervised_cpu_us"] > 0
+    config = data["config"]
+    assert config["mode"] == mode
+    assert not set(config["server_cpus"]) & set(config["client_cpus"])
+    assert done.returncode in (0, 1), done.stderr[-2000:]  # 1: below the target, on one pair
+    assert (tmp_path / "ov.png").stat().st_size > 0

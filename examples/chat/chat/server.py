@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import gc
 import json
 import urllib.parse
 from collections.abc import Callable
@@ -179,8 +180,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="chat.server", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
     parser.add_argument("--stats", action="store_true", help="serve GET /_stats")
+    parser.add_argument(
+        "--no-gc-freeze",
+        dest="gc_freeze",
+        action="store_false",
+        help="leave the startup heap to the cyclic collector's full collections",
+    )
     args = parser.parse_args(argv)
     server = ChatServer(args.port, Chat(), stats=args.stats)
+    if args.gc_freeze:
+        # What exists now (modules, classes, the server) lives as long as the process: keep it
+        # out of every full collection, as servers do after startup. gdsu-fork finds frozen
+        # objects too, and freezes what exists after each update (see examples/chat/README.md).
+        gc.freeze()
     print(f"chat server listening on http://{HOST}:{server.server_address[1]}", flush=True)
     try:
         server.serve_forever()
