@@ -85,7 +85,6 @@ class _Update:
         self.ahead: ahead_.Ahead | None = None
         self.ahead_pages: cow.StatePages | None = None
         self.snapshot: Snapshot | None = None
-        self.marked = False  # the heap was listed at the mark (job.prior_objects)
         self.analysis = Analysis()  # what the first child found
 
     def emit(self, phase: Phase, message: str, **data: object) -> None:
@@ -159,12 +158,10 @@ class _Update:
             f"rehearsing the migration of {len(self.job.prior_objects)} marked object(s); "
             "the program runs on",
         )
-        # The marked objects, nothing else; without a mark (the program uses gc.freeze) the child
-        # walks its heap itself, and no result can be reused (the lists would not match).
-        self.job.speculate, self.job.young = self.marked, [] if self.marked else None
+        self.job.speculate, self.job.young = True, []  # the marked objects, nothing else
         _materialize_namespaces(self.job.prior_objects)
         try:
-            result = self.fork(Mode.REHEARSE, snapshot=self.marked)
+            result = self.fork(Mode.REHEARSE, snapshot=True)
         finally:
             self.job.speculate, self.job.young = False, None
         self.report.timings["rehearse"] += _ms(result.seconds)
@@ -232,7 +229,6 @@ class _Update:
                 gc.freeze()
             if listing is not None:
                 self.job.prior_objects = _needed(analysis, listing)
-                self.marked = True
             del listing
             yield suspended
         finally:

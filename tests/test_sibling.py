@@ -108,5 +108,5 @@ def test_impure_policies_migrate_in_one_process(scenario, split_small):
     patch.write_text(patch.read_text().replace("@patch.migrate", "seen = []\n@patch.migrate", 1))
     report = gdsu_fork.update(patch, rehearse=False)
     assert report.outcome == Outcome.COMMITTED, report.reason
-    assert [p.doubled for p in points] == list(range(1, 401))
+    assert sorted(p.doubled for p in points) == list(range(1, 401))  # one process saw all
     assert not split_small.exists()  # no half was migrated apart
