@@ -39,6 +39,7 @@ from .validations import (
     APP_VALIDATIONS,
     check_code_installed,
     check_definitions_resolve,
+    run_pair_validations,
     run_validations,
 )
 
@@ -305,6 +306,7 @@ def _validate(environment: NewEnvironment, ops: list[Op], env: Env) -> None:
         check_definitions_resolve(sys.modules[name], definitions(tree.body))
     run_validations("application", list(APP_VALIDATIONS), env)
     run_validations("patch", environment.patch.validations, env)
+    run_pair_validations(environment.patch.pair_validations, env)
 
 
 class _Heap:
@@ -351,13 +353,17 @@ def run(job: Job, mode: Mode) -> bytes:
     environment.build(heap.functions)
     merge = environment.merge
     rewrites = Rewrites(merge)
+    # Validations of the whole environment see every pair, reused or not, on the state the
+    # program will have; a per-pair check only the pairs migrated here (patch.validate_each).
+    whole = bool(APP_VALIDATIONS or patch.validations)
     migration = Migration(
         patch,
         merge,
         environment.env(),
         environment.snapshots,
         rewrites,
-        keep_pairs=bool(APP_VALIDATIONS or patch.validations),
+        keep_pairs=whole or bool(patch.pair_validations),
+        pair_reused=whole,
     )
     analysis = environment.analysis()
     analysis.affected = sorted(qualified(c) for c in migration.affected_classes())
@@ -400,7 +406,7 @@ def run(job: Job, mode: Mode) -> bytes:
     data = delta_codec.encode(delta, replacements=merge.replacements, new_ids=new_ids)
     environment.restore()
     decoded = delta_codec.decode(data)
-    apply_delta(decoded, objects, reused=migration.keep_pairs)
+    apply_delta(decoded, objects, reused=whole)
     migration.env.forget_lookups()
     _validate(environment, decoded.ops, migration.env)
     return pack(analysis, data if mode is Mode.COMMIT else captured or b"")

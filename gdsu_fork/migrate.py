@@ -99,10 +99,13 @@ class Migration:
         rewrites: Rewrites,
         *,
         keep_pairs: bool = True,
+        pair_reused: bool = True,
     ) -> None:
         self.patch = patch
-        # env.pairs serves validations only: without any, nothing needs the old states
+        # env.pairs serves validations only: without any, nothing needs the old states; and
+        # migrations taken from the rehearsal only for validations of the whole environment
         self.keep_pairs = keep_pairs
+        self.pair_reused = pair_reused
         self.merge = merge
         self.env = env
         self.rewrites = rewrites
@@ -185,7 +188,7 @@ class Migration:
             return range(len(objects))
         self.reused_bulk = reuse.bulk
         self.count = self.reused = len(reuse.bulk)
-        if self.keep_pairs:
+        if self.pair_reused:
             self._pair_reused(objects, reuse.bulk)
         return [*reuse.todo, *range(reuse.marked, len(objects))]
 
@@ -296,13 +299,18 @@ class Migration:
             plan.pairs = []
 
     def _pair_reused(self, objects: Listing, bulk: BulkMigration) -> None:
-        """env.pairs entries for the migrations taken from the rehearsal (before the commit
-        child applies them). A group's instances share their live class."""
-        for group in bulk.groups.values():
+        """env.pairs entries for migrations made elsewhere (the rehearsal, a sibling), before
+        this child applies them. A group's instances share their live class; the old state is
+        copied only where the commit deletes attributes in place (a changed state gets a new
+        `__dict__`, a new class alone leaves the old one as it is)."""
+        for (_, _, removed), group in bulk.groups.items():
             instances = objects.take(group)
             cls = type(instances[0])
             plan = self._plans.get(cls) or self._plans.setdefault(cls, self._plan(cls))
-            self.env.record_pairs(plan.names, [(o, cls, dict(o.__dict__), o) for o in instances])
+            states = map(dict, map(vars, instances)) if removed else map(vars, instances)
+            self.env.record_pairs(
+                plan.names, [(o, cls, s, o) for o, s in zip(instances, states, strict=True)]
+            )
 
     def _migrate_one(self, index: int, obj: Any, plan: _ClassPlan) -> None:
         """The general path: slots, named tuples, layout changes, removed classes."""

@@ -18,6 +18,7 @@ from .errors import PatchError
 
 Policy = Callable[[Any, Any, Any], Any]
 Validation = Callable[[Any], Any]
+PairValidation = Callable[[Any, Any, Any], Any]
 GlobalMigration = Callable[[Any, Any], Any]
 
 
@@ -83,6 +84,7 @@ class Patch:
         self.migrations: dict[str, Policy] = {}
         self.global_migrations: dict[str, GlobalMigration] = {}
         self.validations: list[Validation] = []
+        self.pair_validations: list[tuple[str, PairValidation]] = []
         self.allowed_running: list[Target] = []
 
     def __repr__(self) -> str:
@@ -158,6 +160,31 @@ class Patch:
             raise PatchError(msg)
         self.validations.append(fn)
         return fn
+
+    @overload
+    def validate_each(self, name: str) -> Callable[[PairValidation], PairValidation]: ...
+    @overload
+    def validate_each(self, name: str, fn: PairValidation) -> PairValidation: ...
+
+    def validate_each(self, name: str, fn: PairValidation | None = None) -> Any:
+        """Check every migrated instance of a class (and its subclasses) on its own:
+        ``fn(old, new, env)``, with `old` the instance as it was (a snapshot) and `new` the
+        migrated one; False or an exception refuses the update.
+
+        `fn` must look only at the two instances' own fields, as a pure policy does: a migration
+        taken from the rehearsal was checked there, on the same instance, and is not checked
+        again in the pause. Usable as a decorator ``@patch.validate_each("m:C")``.
+        """
+        Target.parse(name, what="patch.validate_each")
+
+        def register(check: PairValidation) -> PairValidation:
+            if not callable(check):
+                msg = f"patch.validate_each({name!r}, ...): {check!r} is not callable"
+                raise PatchError(msg)
+            self.pair_validations.append((name, check))
+            return check
+
+        return register if fn is None else register(fn)
 
     def allow_running(self, name: str) -> None:
         """Let frames of this function stay on stacks and finish in their old code.

@@ -10,7 +10,7 @@ import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .errors import UpdateRefused
+from .errors import UpdateRefused, short_repr
 
 Validation = Callable[[Any], Any]
 
@@ -45,6 +45,26 @@ def run_validations(kind: str, validations: Iterable[Validation], env: Any) -> N
         if verdict is False:
             msg = f"{kind} validation {_name(fn)} returned False"
             raise UpdateRefused(msg)
+
+
+def run_pair_validations(checks: Iterable[tuple[str, Callable[..., Any]]], env: Any) -> None:
+    """Run each `patch.validate_each` check on every pair of its class this child migrated."""
+    for name, fn in checks:
+        for old, new in env.pairs(name):
+            try:
+                verdict = fn(old, new, env)
+            except Exception as exc:
+                msg = (
+                    f"patch validation {_name(fn)} raised {type(exc).__name__}: {exc} "
+                    f"for {short_repr(new)} (migrated from {short_repr(old)})"
+                )
+                raise UpdateRefused(msg) from exc
+            if verdict is False:
+                msg = (
+                    f"patch validation {_name(fn)} returned False for {short_repr(new)} "
+                    f"(migrated from {short_repr(old)})"
+                )
+                raise UpdateRefused(msg)
 
 
 def check_code_installed(installed: Iterable[tuple[types.FunctionType, types.CodeType]]) -> None:

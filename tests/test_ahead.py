@@ -14,6 +14,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psutil
 import pytest
@@ -240,3 +241,69 @@ def test_a_program_using_gc_freeze_still_gets_its_migration_rehearsed(scenario):
         gc.unfreeze()
     assert report.migrated == len(points)
     assert all(p.doubled == 2 * p.x for p in points)
+
+
+def pair_check(scn, trace: Path) -> str:
+    """A per-pair validation noting the process that runs it; refuses a doubled value of -2."""
+    return (
+        f"@patch.validate_each({scn.module_name + ':Point'!r})\n"
+        "def doubled_right(old, new, env):\n"
+        "    import os\n"
+        f"    with open({str(trace)!r}, 'a') as f:\n"
+        "        f.write(f'{os.getpid()}\\n')\n"
+        "    return new.doubled == 2 * old.x and new.doubled != -2\n"
+    )
+
+
+def test_validate_each_refuses_in_the_rehearsal_and_names_the_instance(scenario, tmp_path):
+    scn = scenario("mig_ahead")
+    points = [scn.module.Point(i, "p") for i in range(50)]
+    points[7].x = -1
+    report = gdsu_fork.update(patch_for(scn, pair_check(scn, tmp_path / "calls")))
+    assert report.outcome == Outcome.DISCARDED and report.timings["pause"] == 0
+    assert "doubled_right returned False" in report.reason and "Point" in report.reason
+    assert all(not hasattr(p, "doubled") for p in points)
+
+
+@needs_cow
+def test_validate_each_checks_in_the_pause_only_what_the_pause_migrated(scenario, tmp_path):
+    scn = scenario("mig_ahead")
+    mod = scn.module
+    points = [mod.Point(i, "p") for i in range(20_000)]
+    trace = tmp_path / "calls"
+    with held_safe_point(mod) as release:
+
+        def meanwhile() -> None:
+            points[5].x = 1_000  # re-migrated in the pause, and checked there
+            release.set()
+
+        report = committed(
+            gdsu_fork.update(
+                patch_for(scn, pair_check(scn, trace)), progress=once_waiting(meanwhile)
+            )
+        )
+    calls: dict[str, int] = {}
+    for pid in trace.read_text().split():
+        calls[pid] = calls.get(pid, 0) + 1
+    assert sorted(calls.values())[-1] == len(points)  # the rehearsal checked every pair
+    assert sum(calls.values()) - len(points) == report.migrated - report.reused  # the pause
+    assert 0 < report.reused < len(points)
+    assert points[5].doubled == 2_000
+
+
+def test_validate_each_in_the_pause_refuses_a_state_changed_while_waiting(scenario, tmp_path):
+    scn = scenario("mig_ahead")
+    mod = scn.module
+    points = [mod.Point(i, "p") for i in range(2_000)]
+    with held_safe_point(mod) as release:
+
+        def meanwhile() -> None:
+            points[9].x = -1  # valid when rehearsed, refused once migrated from its new state
+            release.set()
+
+        report = gdsu_fork.update(
+            patch_for(scn, pair_check(scn, tmp_path / "calls")), progress=once_waiting(meanwhile)
+        )
+    assert report.outcome == Outcome.DISCARDED, report.reason
+    assert report.timings["pause"] > 0 and "doubled_right returned False" in report.reason
+    assert all(not hasattr(p, "doubled") for p in points)

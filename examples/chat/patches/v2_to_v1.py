@@ -14,11 +14,8 @@ def merge(old, new, env):
     return env.instance(cls, sender=old.sender, room=old.room, text=old.text)
 
 
-@patch.validate
-def messages_kept(env):
-    """Every message keeps its room, text and sender, and is a plain ChMessage."""
-    cls = env.new["chat.model:ChMessage"]
-    return all(
-        type(n) is cls and (o.room, o.text, o.sender) == (n.room, n.text, n.sender)
-        for o, n in env.pairs("chat.model:ChMessage")
-    )
+@patch.validate_each("chat.model:ChMessage")
+def message_kept(old, new, env):
+    """The message keeps its room, text and sender, and is a plain ChMessage."""
+    kept = (old.room, old.text, old.sender) == (new.room, new.text, new.sender)
+    return kept and type(new) is env.new["chat.model:ChMessage"]
