@@ -41,14 +41,24 @@ def _bound_names(node: ast.AST) -> Iterator[str]:
         yield from _bound_names(child)
 
 
-def bindings(body: list[ast.stmt]) -> dict[str, list[str]]:
-    """For each name a body binds, the dumps of the statements that bind it, in order."""
-    result: dict[str, list[str]] = {}
+def bindings(body: list[ast.stmt]) -> dict[str, list[ast.stmt]]:
+    """For each name a body binds, the statements that bind it, in order."""
+    result: dict[str, list[ast.stmt]] = {}
     for stmt in body:
-        dump = ast.dump(stmt)
         for name in dict.fromkeys(_bound_names(stmt)):
-            result.setdefault(name, []).append(dump)
+            result.setdefault(name, []).append(stmt)
     return result
+
+
+def same_statements(old: list[ast.stmt] | None, new: list[ast.stmt] | None) -> bool:
+    """Whether a name is bound by the same statements in both versions, positions aside.
+
+    Dumping a statement is the costly part of building a new environment (a class statement
+    dumps its whole body): done only for the names compared, and stopped at the first change.
+    """
+    if old is None or new is None or len(old) != len(new):
+        return False
+    return all(a is b or ast.dump(a) == ast.dump(b) for a, b in zip(old, new, strict=True))
 
 
 def definitions(

@@ -194,7 +194,7 @@ class NewEnvironment:
         namespace = module.__dict__
         snapshot = dict(namespace)
         self.snapshots[name] = snapshot
-        for gone in bindings(old_tree.body).keys() - bindings(new_tree.body).keys():
+        for gone in bindings(old_tree.body).keys() - bindings(new_tree.body).keys():  # names only
             namespace.pop(gone, None)
         exec(code, namespace)
         self.merge.merge_module(module, snapshot, old_tree, new_tree)

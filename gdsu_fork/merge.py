@@ -23,6 +23,7 @@ from .analysis import (
     class_fields,
     code_equivalent,
     pair_nested,
+    same_statements,
 )
 from .delta import Op, OpKind
 from .report import Change, ChangeKind
@@ -138,10 +139,10 @@ class Merge:
                     self.change(name, key, ChangeKind.ADDED)
                 continue
             path: Path = (name, (("g", key),))
-            same_statements = key in old_b and old_b.get(key) == new_b.get(key)
-            kept = self.merge_value(
-                old, new, path, key, same_statements, old_tree.body, new_tree.body
+            same = (
+                None if _definitions(old, new) else same_statements(old_b.get(key), new_b.get(key))
             )
+            kept = self.merge_value(old, new, path, key, same, old_tree.body, new_tree.body)
             if not kept:
                 self.op(OpKind.SETITEM, namespace, key, new)
         for key in old_b:
@@ -378,7 +379,7 @@ class Merge:
                     self.change(module, f"{qualname}.{key}", ChangeKind.ADDED)
                 continue
             sub: Path = (path[0], (*path[1], ("a", key)))
-            same = (key in old_b and old_b.get(key) == new_b.get(key)) if key in new_b else False
+            same = None if _definitions(ov, nv) else same_statements(old_b.get(key), new_b.get(key))
             kept = self.merge_value(
                 ov, nv, sub, f"{qualname}.{key}", same, old_body, new_body, replaceable=True
             )
@@ -407,6 +408,13 @@ def _layout_changed(
     if issubclass(old, tuple) and old_fields != new_fields:
         return True  # a NamedTuple's length is fixed at creation
     return old.__basicsize__ != new.__basicsize__ or old.__itemsize__ != new.__itemsize__
+
+
+def _definitions(old: Any, new: Any) -> bool:
+    """Both functions or both classes: `merge_value` pairs them without comparing statements."""
+    return (isinstance(old, types.FunctionType) and isinstance(new, types.FunctionType)) or (
+        isinstance(old, type) and isinstance(new, type)
+    )
 
 
 def _wrapped(obj: Any) -> Any:
