@@ -159,7 +159,6 @@ class _Update:
             "the program runs on",
         )
         self.job.speculate, self.job.young = True, []  # the marked objects, nothing else
-        _materialize_namespaces(self.job.prior_objects)
         try:
             result = self.fork(Mode.REHEARSE, snapshot=True)
         finally:
@@ -316,29 +315,6 @@ class _Update:
         self.report.timings["commit"] = _ms(now - commit_started)
         self.report.timings["pause"] = _ms(now - pause_started)
         return self.finish(Outcome.COMMITTED)
-
-
-def _materialize_namespaces(objects: list[Any], chunk: int = 20_000) -> None:
-    """Give each marked instance its `__dict__` object now, while the program runs.
-
-    Assigning `__class__` to an instance whose attributes live in its class's shared values first
-    builds that dict (CPython 3.11-3.13): the commit would build them all in the pause. Built
-    here, before the rehearsal forks (later, the writes would read as changes), they take about
-    40 % off the class assignments in the pause. In chunks: the program's threads get the GIL
-    between two.
-    """
-    kinds = {cls for cls in set(map(type, objects)) if _has_namespace(cls)}
-    for start in range(0, len(objects), chunk):
-        part = objects[start : start + chunk]
-        list(map(vars, compress(part, map(kinds.__contains__, map(type, part)))))
-
-
-def _has_namespace(cls: type) -> bool:
-    """True if instances of `cls` have a plain `__dict__` (no property of that name)."""
-    if cls is types.FunctionType or cls.__dictoffset__ == 0:
-        return False
-    found = next((k.__dict__["__dict__"] for k in cls.__mro__ if "__dict__" in k.__dict__), None)
-    return type(found) is types.GetSetDescriptorType
 
 
 def _suspendable(codes: set[types.CodeType]) -> bool:
