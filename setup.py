@@ -1,4 +1,4 @@
-"""Declares the _statepages C extension; all other metadata lives in pyproject.toml.
+"""Declares the C extensions (_statepages, _assign); all other metadata lives in pyproject.toml.
 
 The extension sits here rather than in pyproject's ``[tool.setuptools] ext-modules`` so that it
 merges with another extension declared there without touching the same lines: setuptools appends
@@ -13,6 +13,12 @@ setup(
         Extension(
             "gdsu_fork._statepages",
             sources=["gdsu_fork/_statepages.c"],
+            extra_compile_args=["-Werror=implicit-function-declaration"],
+        ),
+        # The commit's assignments over groups of instances (gdsu_fork/bulk.py).
+        Extension(
+            "gdsu_fork._assign",
+            sources=["gdsu_fork/_assign.c"],
             extra_compile_args=["-Werror=implicit-function-declaration"],
         ),
     ],

@@ -7,8 +7,8 @@ that the parent built just before the fork and the child inherited (no address t
 value moved from one attribute to another (a rename) travels as the name it came from.
 
 Instances that change the same way — same old class, same new class, same attributes deleted —
-form a group, stored as an array of positions. The parent applies a group with a few C-level
-`map` calls (`__class__` assignments, in-place deletions) and no Python-level loop per
+form a group, stored as an array of positions. The parent applies a group with a few C loops
+(`__class__` assignments, in-place deletions: gdsu_fork/_assign.c) and no Python-level call per
 instance: this is the hot path of a large migration's pause. It can undo what it applied.
 """
 
@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain, repeat
 from operator import is_
 from typing import Any
+
+from ._assign import set_all, take_all
 
 _MISSING: Any = object()
 
@@ -287,8 +289,12 @@ def _new_state(target: Any, values: dict[str, Any], gone: tuple[str, ...]) -> di
 
 
 def _set_class(group: list[Any], old: type, new: type) -> Callable[[], None]:
-    list(map(object.__setattr__, group, repeat("__class__"), repeat(new)))
-    return lambda: list(map(object.__setattr__, group, repeat("__class__"), repeat(old)))
+    try:
+        set_all(group, "__class__", new)
+    except BaseException:
+        set_all(group, "__class__", old)  # the ones before the failing one
+        raise
+    return lambda: set_all(group, "__class__", old)
 
 
 def _delete(group: list[Any], cls: type, names: tuple[str, ...]) -> Callable[[], None]:
@@ -309,9 +315,7 @@ def _delete(group: list[Any], cls: type, names: tuple[str, ...]) -> Callable[[],
                 for ns in namespaces:
                     del ns[name]
             else:
-                values = list(map(object.__getattribute__, group, repeat(name)))
-                removed.append((name, values))
-                list(map(object.__delattr__, group, repeat(name)))
+                removed.append((name, take_all(group, name)))
     except BaseException:
         undo()
         raise

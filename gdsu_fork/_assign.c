@@ -1,0 +1,82 @@
+/* The commit's assignments over groups of instances (bulk.py), in C loops.
+
+   Each is what object.__setattr__ / object.__delattr__ / object.__getattribute__ does for one
+   object (PyObject_Generic{Set,Get}Attr: the class's own __setattr__ is bypassed, descriptors
+   are honoured), without a Python-level call per object: the commit's hot path in the pause. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+/* set_all(objects: list, name: str, value) -> None: setattr on each, in order; on an error the
+   objects before the failing one keep the new value (the caller undoes the whole group). */
+static PyObject *
+set_all(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyList_Check(args[0]) || !PyUnicode_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "set_all(objects: list, name: str, value)");
+        return NULL;
+    }
+    PyObject *objects = args[0];
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(objects); i++) {
+        if (PyObject_GenericSetAttr(PyList_GET_ITEM(objects, i), args[1], args[2]) < 0) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* take_all(objects: list, name: str) -> list: each object's attribute removed, returned in
+   order; all or nothing (on an error the values already taken are put back). */
+static PyObject *
+take_all(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_Check(args[0]) || !PyUnicode_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "take_all(objects: list, name: str)");
+        return NULL;
+    }
+    PyObject *objects = args[0], *name = args[1];
+    Py_ssize_t n = PyList_GET_SIZE(objects);
+    PyObject *values = PyList_New(n);
+    if (values == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *obj = PyList_GET_ITEM(objects, i);
+        PyObject *value = PyObject_GenericGetAttr(obj, name);
+        if (value == NULL || PyObject_GenericSetAttr(obj, name, NULL) < 0) {
+            PyObject *type, *exc, *tb;
+            PyErr_Fetch(&type, &exc, &tb);
+            Py_XDECREF(value);
+            for (Py_ssize_t j = 0; j < i; j++) {  /* put back what was taken */
+                if (PyObject_GenericSetAttr(PyList_GET_ITEM(objects, j), name,
+                                            PyList_GET_ITEM(values, j)) < 0) {
+                    PyErr_Clear();
+                }
+            }
+            Py_DECREF(values);
+            PyErr_Restore(type, exc, tb);
+            return NULL;
+        }
+        PyList_SET_ITEM(values, i, value);
+    }
+    return values;
+}
+
+static PyMethodDef methods[] = {
+    {"set_all", (PyCFunction)(void (*)(void))set_all, METH_FASTCALL,
+     "set_all(objects, name, value): object.__setattr__(o, name, value) for each o, in C."},
+    {"take_all", (PyCFunction)(void (*)(void))take_all, METH_FASTCALL,
+     "take_all(objects, name) -> values: each o's attribute removed and returned; all or none."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "gdsu_fork._assign",
+    "The commit's assignments over groups of instances, in C loops (bulk.py).", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__assign(void)
+{
+    return PyModule_Create(&module);
+}
