@@ -2,7 +2,7 @@
 
 A thread parks by blocking inside a callback the interpreter calls before it runs Python code:
 on 3.12+ a `sys.monitoring` event, on 3.11 a C-level trace function set on each thread state
-through ctypes (`sys.settrace` reaches only the calling thread). Holding the GIL does not freeze
+by our C helper `_tstates` (`sys.settrace` reaches only the calling thread). Holding the GIL does not freeze
 anything: it is released at the first blocking call and handed over every switch interval.
 
 A `Freezer` lives for one update window and moves through its phases:
@@ -24,7 +24,6 @@ from __future__ import annotations
 import _imp
 import _thread
 import contextlib
-import ctypes
 import enum
 import gc
 import os
@@ -36,6 +35,7 @@ from collections.abc import Callable, Collection, Iterator
 from types import CodeType, FrameType
 from typing import Any
 
+from . import _tstates
 from .errors import GdsuError
 
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -56,6 +56,8 @@ class Phase(enum.Enum):
 
 
 _PARKING = (Phase.PARK, Phase.FROZEN)
+# A collection threshold no allocation count reaches (the C field is an int).
+_NO_COLLECTION = 2**31 - 1
 
 # The Freezer whose hooks are armed, if any: hooks are per interpreter, so at most one.
 _active: Freezer | None = None
@@ -162,7 +164,8 @@ class Freezer:
         self._gate: _Gate | None = None
         self._held_locks: list[Any] = []
         self._watched: list[Any] = _fork_locks()[1]
-        self._gc_was_enabled = False
+        # While threads are parked: the collector's state before the pause, else None.
+        self._gc_saved: tuple[bool, tuple[int, int, int]] | None = None
         self._hooks = _MonitoringHooks(self) if _PY312 else _TraceHooks(self)
         _active = self
 
@@ -202,6 +205,7 @@ class Freezer:
             try:
                 started = self.eager and self.phase is Phase.WATCH and self._gate is not None
                 if started:
+                    self._start_gc_pause()
                     self.entries = 0
                     self.phase = Phase.PARK
                     self._hooks.park()
@@ -236,9 +240,31 @@ class Freezer:
         return True
 
     def _start_gc_pause(self) -> None:
-        self._gc_was_enabled = gc.isenabled()
-        # Finalizers of application objects must not run in the update thread mid-pause.
+        """No collection, so no finalizer of the program, in any thread until `_end_gc_pause`.
+
+        Call it before any thread parks: a finalizer run while threads are parked (in the
+        update thread, or in a thread inside our hook callback, where no event parks it) runs
+        the program's code in the pause, and deadlocks if it needs a lock a parked thread holds.
+        """
+        if self._gc_saved is not None:
+            return
+        self._gc_saved = (gc.isenabled(), gc.get_threshold())
+        # 3.12 runs a collection that an allocation scheduled earlier (a flag that the next
+        # thread to check its eval breaker acts on) whatever gc.disable() says: `_Py_RunGC`
+        # checks neither `enabled` nor `collecting` (3.11 collects inside the allocation, 3.13
+        # checks `enabled`). It collects only generations over their threshold, so raise the
+        # thresholds first: the check after this very call then finds nothing to do.
+        gc.set_threshold(_NO_COLLECTION, _NO_COLLECTION, _NO_COLLECTION)
         gc.disable()
+
+    def _end_gc_pause(self) -> None:
+        if self._gc_saved is None:
+            return
+        enabled, thresholds = self._gc_saved
+        self._gc_saved = None
+        gc.set_threshold(*thresholds)
+        if enabled:
+            gc.enable()
 
     def try_freeze(self, check: Callable[[dict[int, FrameType | None]], set[int] | None]) -> bool:
         """Run the safe-point `check` and freeze if it passes, as one step.
@@ -277,9 +303,7 @@ class Freezer:
         self.waiting_for = set()
         self.import_wait = False
         self._release_fork_locks()
-        if self._gc_was_enabled:
-            gc.enable()
-            self._gc_was_enabled = False
+        self._end_gc_pause()
 
     def park_here(self, exempt: FrameType | None) -> None:
         """Block the calling application thread while threads are parked (called from hooks)."""
@@ -380,8 +404,7 @@ class Freezer:
         self.parked.clear()
         # The modules' after-fork hooks re-created their locks (logging's, concurrent.futures').
         self._held_locks.clear()
-        if self._gc_was_enabled:
-            gc.enable()
+        self._end_gc_pause()
         _active = None
 
 
@@ -562,134 +585,39 @@ def _note_late_entry(f: Freezer, frame: FrameType) -> None:
     f.late_entries.append(f"{code.co_filename}:{code.co_firstlineno} in {code.co_qualname}")
 
 
-# -- 3.11: per-thread C trace functions through ctypes -----------------------------------------
+# -- 3.11: per-thread C trace functions, set in one C walk -------------------------------------
 
 _TRACE_CALL, _TRACE_EXCEPTION, _TRACE_LINE, _TRACE_RETURN, _TRACE_OPCODE = 0, 1, 2, 3, 7
-_TRACEFUNC = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.c_void_p, ctypes.py_object, ctypes.c_int, ctypes.c_void_p
-)
 
 
-class _ThreadStates:
-    """The interpreter's thread states and their trace slots (3.11 layout, found at run time).
-
-    `PyThreadState` of 3.11 starts `prev, next, interp, 7 ints, cframe, c_profilefunc,
-    c_tracefunc, c_profileobj, c_traceobj`; rather than trusting the ints' padding we locate
-    `c_traceobj` by setting a known trace object and looking for its address.
-    """
-
-    def __init__(self) -> None:
-        api = ctypes.pythonapi
-        api.PyInterpreterState_Get.restype = ctypes.c_void_p
-        api.PyInterpreterState_ThreadHead.restype = ctypes.c_void_p
-        api.PyInterpreterState_ThreadHead.argtypes = [ctypes.c_void_p]
-        api.PyThreadState_Next.restype = ctypes.c_void_p
-        api.PyThreadState_Next.argtypes = [ctypes.c_void_p]
-        api.PyThreadState_Get.restype = ctypes.c_void_p
-        api._PyEval_SetTrace.restype = ctypes.c_int
-        api._PyEval_SetTrace.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-        self.api = api
-        me = api.PyThreadState_Get()
-        words = (ctypes.c_void_p * 64).from_address(me)
-
-        def probe(frame: Any, event: str, arg: Any) -> None:
-            return None
-
-        old = sys.gettrace()
-        sys.settrace(probe)
-        try:
-            hits = [i for i in range(64) if words[i] == id(probe)]
-        finally:
-            sys.settrace(old)
-        ident = threading.get_ident()
-        ids = [i for i in range(64) if words[i] == ident]
-        if len(hits) != 1 or not ids:
-            msg = "cannot find the trace slots of PyThreadState on this Python 3.11 build"
-            raise FreezeError(msg)
-        word = ctypes.sizeof(ctypes.c_void_p)
-        self.traceobj_off = hits[0] * word
-        self.tracefunc_off = self.traceobj_off - 2 * word
-        self.profilefunc_off = self.traceobj_off - 3 * word
-        self.ident_off = ids[0] * word
-
-    def all(self) -> Iterator[int]:
-        ts = self.api.PyInterpreterState_ThreadHead(self.api.PyInterpreterState_Get())
-        while ts:
-            yield ts
-            ts = self.api.PyThreadState_Next(ts)
-
-    def current(self) -> int:
-        return self.api.PyThreadState_Get()
-
-    def _word(self, ts: int, off: int) -> int:
-        return ctypes.c_void_p.from_address(ts + off).value or 0
-
-    def ident(self, ts: int) -> int:
-        return ctypes.c_ulong.from_address(ts + self.ident_off).value
-
-    def trace(self, ts: int) -> tuple[int, int]:
-        return self._word(ts, self.tracefunc_off), self._word(ts, self.traceobj_off)
-
-    def has_hook(self, ts: int) -> bool:
-        return bool(self._word(ts, self.tracefunc_off) or self._word(ts, self.profilefunc_off))
-
-    def set_trace(self, ts: int, func: int, obj: int) -> None:
-        self.api._PyEval_SetTrace(ts, func or None, obj or None)
-
-
-_tstates: _ThreadStates | None = None
-
-
-def thread_states() -> _ThreadStates:
-    """The 3.11 thread-state reader, built on first use."""
-    global _tstates
-    if _tstates is None:
-        _tstates = _ThreadStates()
-    return _tstates
+def hooked_threads() -> list[tuple[int, bool, bool, bool]]:
+    """3.11: (ident, trace function set, profile function set, ours) for every thread state."""
+    return _tstates.hooks()
 
 
 class _TraceHooks:
-    """Notifications and parking through per-thread C trace functions (3.11)."""
+    """Notifications and parking through per-thread C trace functions (3.11).
+
+    `_tstates` (C) sets them: every walk over the thread states happens in C under the GIL,
+    running no Python code, so no thread state can be freed under it (walked through ctypes,
+    it crashed when a thread ended mid-walk).
+    """
 
     def __init__(self, freezer: Freezer) -> None:
         self.f = freezer
-        self.ts = thread_states()
-        self.updater_ts = self.ts.current()  # built in the update thread, which is never traced
-        self.cfunc = _TRACEFUNC(self._trace)
-        self.func = ctypes.cast(self.cfunc, ctypes.c_void_p).value or 0
-        # tstate address -> the (func, obj) it had before, obj kept alive by `saved_objs`.
-        self.saved: dict[int, tuple[int, int]] = {}
-        self.saved_objs: list[object] = []
+        self.c = _tstates
+        # The update thread is never traced (built there; `returned` may arm from another).
+        self.updater = freezer.updater
+        self.callback = self._trace  # one bound method: the thread states hold references to it
         # Frames whose line/opcode events we switched, to restore at the end.
         self.quiet: list[FrameType] = []
         self.opcodes: list[FrameType] = []
         self.watch_codes: frozenset[CodeType] = frozenset()
 
-    def _arm(self, ts: int) -> None:
-        func, obj = self.ts.trace(ts)
-        if func == self.func:
-            return
-        if obj:
-            # Keep the previous trace object alive: _PyEval_SetTrace drops its reference.
-            self.saved_objs.append(ctypes.cast(obj, ctypes.py_object).value)
-        self.saved[ts] = (func, obj)
-        self.ts.set_trace(ts, self.func, 0)
-
-    def _disarm_all(self) -> None:
-        for ts in self.ts.all():
-            if self.ts.trace(ts)[0] == self.func:
-                func, obj = self.saved.get(ts, (0, 0))
-                self.ts.set_trace(ts, func, obj)
-        self.saved.clear()
-        self.saved_objs.clear()
-
     def watch(self, blocking: frozenset[CodeType], threads: Collection[int] | None) -> None:
-        self._disarm_all()
+        self.c.disarm()
         self.watch_codes = blocking
-        me = self.updater_ts
-        for ts in self.ts.all():
-            if ts != me and (threads is None or self.ts.ident(ts) in threads):
-                self._arm(ts)
+        self.c.arm(self.callback, self.updater, threads)
 
     def park(self) -> None:
         self.rearm()
@@ -710,10 +638,8 @@ class _TraceHooks:
                 self.opcodes.append(frame)
 
     def rearm(self) -> None:
-        me = self.updater_ts
-        for ts in self.ts.all():
-            if ts != me:
-                self._arm(ts)
+        """Arm every thread, those started since the last walk included."""
+        self.c.arm(self.callback, self.updater)
 
     def unpark(self) -> None:
         # Back to no hook at all; the caller arms the watch it needs next.
@@ -723,18 +649,18 @@ class _TraceHooks:
         for frame in self.quiet:
             frame.f_trace_lines = True
         self.quiet.clear()
-        self._disarm_all()
+        self.c.disarm()
 
     def close(self) -> None:
         self.unpark()
 
-    def _trace(self, _obj: int, frame: FrameType, what: int, _arg: int) -> int:
-        # Must never raise: ctypes would print the error and go on.
+    def _trace(self, frame: FrameType, what: int) -> None:
         try:
             self._event(frame, what)
-        except BaseException:
-            return 0
-        return 0
+        except Exception:
+            # A fault of ours must not become the application's exception. (KeyboardInterrupt
+            # and the like, raised by the application's signal handlers, do propagate.)
+            return
 
     def _event(self, frame: FrameType, what: int) -> None:
         f = self.f
