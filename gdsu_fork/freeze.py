@@ -252,8 +252,8 @@ class Freezer:
         # 3.12 runs a collection that an allocation scheduled earlier (a flag that the next
         # thread to check its eval breaker acts on) whatever gc.disable() says: `_Py_RunGC`
         # checks neither `enabled` nor `collecting` (3.11 collects inside the allocation, 3.13
-        # checks `enabled`). It collects only generations over their threshold, so raise the
-        # thresholds first: the check after this very call then finds nothing to do.
+        # checks `enabled`). It collects only generations over their threshold: raise them
+        # first, so that no eval-breaker check from here to the end of the pause can start one.
         gc.set_threshold(_NO_COLLECTION, _NO_COLLECTION, _NO_COLLECTION)
         gc.disable()
 
