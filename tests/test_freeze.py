@@ -111,10 +111,11 @@ def child_work() -> bytes:
 
 
 @pytest.fixture(autouse=True)
-def no_hooks_left():
-    before = support.installed_hooks()
+def no_hooks_or_threads_left():
+    before, threads = support.installed_hooks(), set(threading.enumerate())
     yield
     assert support.installed_hooks() == before, "a hook outlived the update window"
+    assert support.threads_left(threads) == [], "a test left threads running"
 
 
 @pytest.mark.parametrize("plain", [False, True], ids=["quiet_fork", "os.fork"])
@@ -220,15 +221,14 @@ class Finalized:
         Finalized.count += 1
 
 
-@pytest.mark.skip(
-    reason="known defect: with collector churn and finalizers during the pause, the update can "
-    "hang (3.12) or crash closing the freeze (3.11); see the open safe-point issue"
-)
 def test_finalizers_do_not_run_during_the_pause():
     def litter() -> None:
         Finalized()  # cyclic garbage: finalized by the collector, in whichever thread runs it
 
-    with Spinners(3, litter, "litter"):
+    collector = (gc.isenabled(), gc.get_threshold())
+    # Hot threads in changed code: parking starts while they run on (and, when one returns,
+    # from inside its thread).
+    with Spinners(3, litter, "litter"), Spinners(2, changed, "hot"):
 
         def update() -> None:
             with paused_at_safe_point([changed.__code__], timeout=10):
@@ -241,6 +241,7 @@ def test_finalizers_do_not_run_during_the_pause():
 
         for _ in range(3):
             in_thread(update)
+            assert (gc.isenabled(), gc.get_threshold()) == collector, "collector not restored"
     gc.collect()
     assert Finalized.count > 0
 

@@ -88,10 +88,11 @@ def finish(thread: threading.Thread, out: dict, timeout: float = 30) -> object:
 
 
 @pytest.fixture(autouse=True)
-def no_hooks_left():
-    before = support.installed_hooks()
+def no_hooks_or_threads_left():
+    before, threads = support.installed_hooks(), set(threading.enumerate())
     yield
     assert support.installed_hooks() == before, "a hook outlived the update window"
+    assert support.threads_left(threads) == [], "a test left threads running"
 
 
 def test_freezes_when_nothing_blocks_and_parks_busy_threads():
@@ -123,6 +124,7 @@ def test_waits_for_a_thread_inside_changed_code_then_freezes():
             return list(gate.log)
 
     log = finish(*run_updater(update))
+    gate.close()
     assert log == ["in", "out"], "frozen while a thread was still inside changed code"
     [first] = seen
     assert [(b.kind, b.name) for b in first] == [("thread", "in-work")]
@@ -148,6 +150,8 @@ def test_threads_entering_changed_code_during_the_wait_are_waited_for():
             return list(first.log), list(second.log)
 
     assert finish(*run_updater(update)) == (["in", "out"], ["in", "out"])
+    first.close()
+    second.close()
     assert seen[0] == {"first"}
     assert {"second"} in seen
 
@@ -179,8 +183,7 @@ def test_timeout_names_the_thread_and_line_and_the_program_runs_on():
     )
     assert "looper" in str(info.value) and blocker.stack[-1] in str(info.value)
     assert gate.thread.is_alive()
-    gate.open()
-    gate.thread.join(10)
+    gate.close()
 
 
 def changed_gen():
@@ -305,8 +308,7 @@ def test_allowed_frames_may_stay_while_the_code_they_call_is_changed():
             # A frame of changed code may only be there while it returns.
             assert all(op.startswith("RETURN") for name, op in stack if name == "handle"), stack
     finally:
-        gate.open()
-        gate.thread.join(10)
+        gate.close()
 
 
 def test_one_update_at_a_time():
