@@ -287,7 +287,9 @@ class Freezer:
             self.import_wait = True
             return False
         self.phase = Phase.FROZEN
-        if self.entries == before:
+        # 3.11: a thread started during the check had no trace function, so no entry of its
+        # was counted. Arm it now (it parks at its next event); if there was one, check again.
+        if self._hooks.rearm() == 0 and self.entries == before:
             return True
         self.phase = Phase.PARK
         return False
@@ -491,8 +493,9 @@ class _MonitoringHooks:
         ev = self.ev
         self.mon.set_events(self.tool, ev.PY_UNWIND | ev.INSTRUCTION | ev.PY_START)
 
-    def rearm(self) -> None:
+    def rearm(self) -> int:
         """Nothing to do: events are per interpreter, new threads are covered."""
+        return 0
 
     def unpark(self) -> None:
         self.mon.set_events(self.tool, self.ev.PY_UNWIND)
@@ -637,9 +640,9 @@ class _TraceHooks:
                 frame.f_trace_opcodes = True
                 self.opcodes.append(frame)
 
-    def rearm(self) -> None:
-        """Arm every thread, those started since the last walk included."""
-        self.c.arm(self.callback, self.updater)
+    def rearm(self) -> int:
+        """Arm every thread, those started since the last walk included; how many were new."""
+        return self.c.arm(self.callback, self.updater)
 
     def unpark(self) -> None:
         # Back to no hook at all; the caller arms the watch it needs next.

@@ -13,6 +13,9 @@ CONTRACT (used by engine.py):
 - `on_blocked(blockers)` is called while waiting, when what blocks changes.
 - A child forked inside the block must call `release_in_child()` before any other Python code
   (`pause.fork()` and `quiet_fork()` do it, and fork without 3.12's multi-threaded warning).
+- `pause.late_entries()`: call it right before the point of no return (the commit) and discard
+  unless it returns (): C code (a signal handler, a finalizer) started a changed function during
+  the pause, and that frame runs the old code once the program is released.
 
 A safe point: no thread stack, no suspended generator or coroutine (asyncio tasks included, on
 every loop) holds a frame of `codes`. The wait is driven by return notifications on the code that
@@ -92,8 +95,19 @@ class Pause:
 
     waited: float = 0.0
     attempts: int = 0
-    # Functions of `codes` that C code started after the freeze (a frame that will run old code).
-    late_entries: list[str] = dataclasses.field(default_factory=list)
+    # The freezer's record of late entries (appended to while the pause lasts).
+    _late: list[str] = dataclasses.field(default_factory=list, repr=False)
+
+    def late_entries(self) -> tuple[str, ...]:
+        """Changed functions started since the freeze, as "file:line in qualname"; () if none.
+
+        Only C code can start one while every thread is parked (a signal handler run from a
+        blocking call, a C library's callback, a finalizer): its thread parks at the
+        function's first instruction, in a frame of the old code, and runs that old code
+        once released. An update must therefore call this right before its point of no
+        return and give up (discard) unless it returns ().
+        """
+        return tuple(self._late)
 
     @staticmethod
     def fork() -> int:
@@ -396,7 +410,7 @@ def paused_at_safe_point(
                 frozen, last, expired = _attempt(fz, deadline, window, look)
                 if frozen:
                     pause.waited = time.monotonic() - start
-                    pause.late_entries = fz.late_entries
+                    pause._late = fz.late_entries
                     yield pause
                     return
                 if expired and last is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dis
 import faulthandler
+import os
+import signal
 import sys
 import threading
 import time
@@ -320,3 +322,44 @@ def test_one_update_at_a_time():
             freeze_once([work.__code__], 1)
 
     finish(*run_updater(update))
+
+
+handled: list[int] = []
+
+
+def on_signal(signum, frame) -> None:
+    """A signal handler that the update below changes: C code calls it, wherever the main
+    thread is waiting."""
+    handled.append(signum)
+
+
+def test_changed_code_started_from_c_during_the_pause_is_a_late_entry():
+    """The main thread waits in C; a signal makes it call a changed handler in the pause."""
+    handled.clear()
+
+    def update() -> tuple[tuple[str, ...], tuple[str, ...], list[int]]:
+        with paused_at_safe_point([on_signal.__code__], timeout=10) as pause:
+            first = pause.late_entries()
+            os.kill(os.getpid(), signal.SIGUSR1)
+            deadline = time.monotonic() + 10
+            entered = threading.Event()  # never set: a wait with a deadline, GIL released
+            while not pause.late_entries() and time.monotonic() < deadline:
+                entered.wait(0.005)
+            return first, pause.late_entries(), list(handled)
+
+    previous = signal.signal(signal.SIGUSR1, on_signal)
+    try:
+        thread, out = run_updater(update)
+        while thread.is_alive():
+            thread.join(0.01)  # the main thread in C; it runs handlers between its waits
+        first, late, during = finish(thread, out)
+        deadline = time.monotonic() + 10
+        while not handled and time.monotonic() < deadline:
+            threading.Event().wait(0.01)  # the handler runs in this (main) thread
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert first == ()
+    code = on_signal.__code__
+    assert late == (f"{code.co_filename}:{code.co_firstlineno} in {code.co_qualname}",)
+    assert during == [], "the changed handler ran in the pause"
+    assert handled == [signal.SIGUSR1], "the handler was lost"  # it ran after: old code
