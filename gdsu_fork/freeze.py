@@ -142,12 +142,6 @@ class Freezer:
         self.updater = threading.get_ident()
         self._main = threading.main_thread().ident
         self.signal = _Signal()
-        # Threads parked now: ident -> the frame exempt from the safe-point check (a frame
-        # parked while it returns executes no more of its code), or None.
-        self.parked: dict[int, FrameType | None] = {}
-        # Frames parked while they returned, by thread: they run no more of their code, even
-        # after a failed attempt released them (their return completes without a new event).
-        self.returning: dict[int, FrameType] = {}
         # Bumped whenever a thread is let into changed code while parking; see `try_freeze`.
         self.entries = 0
         # Threads inside changed code at the last check: their parking is worth a new check.
@@ -266,7 +260,7 @@ class Freezer:
         if enabled:
             gc.enable()
 
-    def try_freeze(self, check: Callable[[dict[int, FrameType | None]], set[int] | None]) -> bool:
+    def try_freeze(self, check: Callable[[], set[int] | None]) -> bool:
         """Run the safe-point `check` and freeze if it passes, as one step.
 
         `check` returns None when safe, else the idents of the threads inside changed code
@@ -277,7 +271,7 @@ class Freezer:
         """
         self._hooks.rearm()
         before = self.entries
-        blocking = check(self.exempt())
+        blocking = check()
         if blocking is not None:
             self.waiting_for = blocking
             return False
@@ -307,8 +301,9 @@ class Freezer:
         self._release_fork_locks()
         self._end_gc_pause()
 
-    def park_here(self, exempt: FrameType | None) -> None:
-        """Block the calling application thread while threads are parked (called from hooks)."""
+    def park_here(self, returning: FrameType | None) -> None:
+        """Block the calling application thread while threads are parked (called from hooks);
+        `returning`: the frame whose return event this is (see `returning_frame`), or None."""
         if self._gate is None:
             return
         me = _thread.get_ident()
@@ -316,10 +311,7 @@ class Freezer:
             # Parked now, it could hold a lock that os.fork needs: park it later.
             self.import_wait = True
             return
-        self.parked[me] = exempt
-        if exempt is not None:
-            self.returning[me] = exempt
-        if exempt is not None or me in self.waiting_for or self.import_wait:
+        if returning is not None or me in self.waiting_for or self.import_wait:
             self.signal.raise_()  # a blocking frame is done: worth a new check
         # A signal must not run the main thread's Python handlers inside the freeze: block them
         # while parked; the kernel keeps them pending (or hands them to a thread in C), and the
@@ -337,24 +329,13 @@ class Freezer:
                 if gate is None:
                     break
                 if fz is not here:
-                    here.parked.pop(me, None)
-                    fz.parked[me] = exempt
-                    if exempt is not None:
-                        fz.returning[me] = exempt
                     here = fz
-                    if exempt is not None or me in fz.waiting_for:
+                    if returning is not None or me in fz.waiting_for:
                         fz.signal.raise_()
                 gate.wait()
         finally:
             if blocked:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)
-            here.parked.pop(me, None)
-
-    def exempt(self) -> dict[int, FrameType | None]:
-        """Frames the safe-point check may ignore, by thread: those parked while returning."""
-        out: dict[int, FrameType | None] = dict(self.returning)
-        out.update((ident, f) for ident, f in self.parked.items() if f is not None)
-        return out
 
     def stack_clean(self, frame: FrameType | None) -> bool:
         """True if no frame from `frame` outwards executes changed code."""
@@ -403,7 +384,6 @@ class Freezer:
         self.phase = Phase.OFF
         self._hooks.close()
         self._gate = None
-        self.parked.clear()
         # The modules' after-fork hooks re-created their locks (logging's, concurrent.futures').
         self._held_locks.clear()
         self._end_gc_pause()
@@ -659,40 +639,39 @@ class _TraceHooks:
 
     def _trace(self, frame: FrameType, what: int) -> None:
         try:
-            self._event(frame, what)
+            if _thread.get_ident() == self.f.updater:
+                return
+            if what == _TRACE_RETURN:
+                self._on_trace_return(frame)
+            else:
+                self._event(frame, what)
         except Exception:
             # A fault of ours must not become the application's exception. (KeyboardInterrupt
             # and the like, raised by the application's signal handlers, do propagate.)
             return
 
+    def _on_trace_return(self, frame: FrameType) -> None:
+        # Its own function: `returning_frame` recognises a thread stopped in here.
+        f = self.f
+        phase = f.phase
+        if phase is Phase.WATCH or phase is Phase.OFF:
+            if frame.f_code in self.watch_codes:
+                f.returned(frame)
+        elif phase is Phase.FROZEN or f.stack_clean(frame.f_back):
+            f.park_here(frame)
+        elif frame.f_code in f.changed:
+            f.notify()
+
     def _event(self, frame: FrameType, what: int) -> None:
         f = self.f
-        if _thread.get_ident() == f.updater:
-            return
         phase = f.phase
-        code = frame.f_code
         if phase is Phase.WATCH or phase is Phase.OFF:
-            if what == _TRACE_RETURN and code in self.watch_codes:
-                f.returned(frame)
             return
-        changed = code in f.changed
+        changed = frame.f_code in f.changed
         if phase is Phase.FROZEN:
-            if what == _TRACE_RETURN:
-                f.park_here(frame)
-            else:
-                if what == _TRACE_CALL and changed:
-                    _note_late_entry(f, frame)
-                f.park_here(None)
-            return
-        # PARK
-        if what == _TRACE_RETURN:
-            if changed:
-                if f.stack_clean(frame.f_back):
-                    f.park_here(frame)
-                else:
-                    f.notify()
-            elif f.stack_clean(frame.f_back):
-                f.park_here(frame)
+            if what == _TRACE_CALL and changed:
+                _note_late_entry(f, frame)
+            f.park_here(None)
         elif changed:
             if what == _TRACE_CALL:
                 f.entries += 1
@@ -703,3 +682,27 @@ class _TraceHooks:
                 self.quiet.append(frame)
         elif f.stack_clean(frame):
             f.park_here(None)
+
+
+# Our callbacks for return events. A thread stopped in one is finishing the return of the frame
+# right below them: that frame executes no more of its code, and its return event has fired.
+_HERE = Freezer.park_here.__code__.co_filename
+_RETURN_CALLBACKS = frozenset(
+    {_MonitoringHooks._on_return.__code__, _TraceHooks._on_trace_return.__code__}
+)
+
+
+def returning_frame(top: FrameType) -> FrameType | None:
+    """The frame a thread is returning from while it is inside our return callback, else None.
+
+    The safe-point check must not count that frame as a blocker, nor wait for a return event
+    from it: the event has fired already. (A thread parked at a return by one freezer may
+    finish that return only after the next freezer, or the next attempt, has looked at it:
+    counted as a blocker, it stalled the wait until the re-check.)
+    """
+    frame: FrameType | None = top
+    returning = False
+    while frame is not None and frame.f_code.co_filename == _HERE:
+        returning = returning or frame.f_code in _RETURN_CALLBACKS
+        frame = frame.f_back
+    return frame if returning else None

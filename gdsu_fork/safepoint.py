@@ -41,7 +41,7 @@ from types import CodeType, FrameType
 from typing import Any
 
 from .errors import SafePointTimeout
-from .freeze import Freezer, Phase, open_freezer, quiet_fork, release_in_child
+from .freeze import Freezer, Phase, open_freezer, quiet_fork, release_in_child, returning_frame
 
 __all__ = [
     "Blocker",
@@ -63,8 +63,9 @@ _SUSPENDABLE = (
 # How long one attempt keeps the other threads parked while threads inside changed code run
 # on to their return. 200 threads converge in 9–15 ms on our 2-core machines.
 ATTEMPT_WINDOW = 0.05
-# How long a wait goes without any notification before it checks that its events still fire.
-REARM_AFTER = 0.25
+# How long a wait goes without any notification before it looks whether the blocking frames
+# moved on anyway (a safety net; see the comment where it is used).
+REARM_AFTER = 1.0
 
 
 class BlockerKind(enum.StrEnum):
@@ -186,21 +187,19 @@ def find_suspended(codes: Collection[CodeType]) -> list[Any]:
 
 def _scan(
     changed: frozenset[CodeType],
-    exempt: dict[int, FrameType | None] | None = None,
     known: Collection[weakref.ref[Any]] = (),
     full: bool = True,
 ) -> _Scan:
-    """Find every holder of a changed frame but the caller's thread (`exempt`: frames parked
-    while they return, which run no more of their code; `known`: suspended generators found
+    """Find every holder of a changed frame but the caller's thread (a frame stopped in its
+    return event runs no more of its code: not counted; `known`: suspended generators found
     before a `gc.freeze()`). Unless `full`, a thread found blocking skips the heap walk."""
     me = threading.get_ident()
-    exempt = exempt or {}
     threads: dict[int, FrameType] = {}
     codes: set[CodeType] = set()
     for ident, top in sys._current_frames().items():
         if ident == me:
             continue
-        skip = exempt.get(ident)
+        skip = returning_frame(top)
         frame: FrameType | None = top
         while frame is not None:
             if frame.f_code in changed and frame is not skip:
@@ -314,7 +313,7 @@ def _attempt(
     fz: Freezer,
     deadline: float,
     window: float,
-    look: Callable[[dict[int, FrameType | None], bool], _Scan],
+    look: Callable[[bool], _Scan],
 ) -> tuple[bool, _Scan | None, bool]:
     """Park everyone, let changed frames return; True if frozen at a safe point.
 
@@ -327,9 +326,9 @@ def _attempt(
     end = min(deadline, now + window)
     last: _Scan | None = None
 
-    def check(exempt: dict[int, FrameType | None]) -> set[int] | None:
+    def check() -> set[int] | None:
         nonlocal last
-        last = look(exempt, False)
+        last = look(False)
         return set(last.threads) if last.blocked else None
 
     expired = False
@@ -390,8 +389,8 @@ def paused_at_safe_point(
     pause = Pause()
     with open_freezer(changed) as fz:
 
-        def look(exempt: dict[int, FrameType | None] | None = None, full: bool = True) -> _Scan:
-            return _scan(changed, fz.exempt() if exempt is None else exempt, known, full)
+        def look(full: bool = True) -> _Scan:
+            return _scan(changed, known, full)
 
         reported: frozenset[tuple[int, int]] | None = None
         # Threads that stayed in changed code through a whole attempt: no new attempt (which
@@ -437,9 +436,12 @@ def paused_at_safe_point(
             notified = fz.signal.wait(min(remaining, REARM_AFTER))
             rearm = not notified
             if rearm:
-                # No notification for a while. Under heavy load on 3.12/3.13 we saw local return
-                # events armed on a code object never fire; so, seldom, look whether the
-                # blocking frames moved on (then try) and arm the events afresh.
+                # No notification for a while. The "lost events" once seen here under load were
+                # frames already in their return event (parked there by an earlier freezer or
+                # attempt), now exempt (`returning_frame`). One kind of return still sends no
+                # event: inside any tool's callback (a debugger's trace function calling changed
+                # code) no event fires. So, seldom, look whether the blocking frames moved on
+                # (then try) and arm afresh.
                 after = _changed_frames(look(), changed)
                 notified = any(
                     not any(f is g for g in after.get(ident, ()))

@@ -363,3 +363,27 @@ def test_changed_code_started_from_c_during_the_pause_is_a_late_entry():
     assert late == (f"{code.co_filename}:{code.co_firstlineno} in {code.co_qualname}",)
     assert during == [], "the changed handler ran in the pause"
     assert handled == [signal.SIGUSR1], "the handler was lost"  # it ran after: old code
+
+
+def test_a_thread_still_finishing_its_return_does_not_block_the_next_update():
+    """Parked at its return by one update, a thread finishes that return after the release
+    without a new return event: the next update must not count it as a blocker (it would wait
+    for an event that never comes)."""
+    gate = Gate(gated, "returning").start()
+    seen: list[list[str]] = []
+
+    def update() -> None:
+        with paused_at_safe_point([gated.__code__], timeout=10, on_blocked=lambda _: gate.open()):
+            pass  # "returning" is parked in its return from gated()
+        # Released, it has not run yet (this thread holds the GIL): it is still in that return.
+        with paused_at_safe_point(
+            [gated.__code__], timeout=10, on_blocked=lambda b: seen.append([x.name for x in b])
+        ):
+            pass
+
+    for _ in range(3):
+        finish(*run_updater(update))
+        gate.close()
+        gate = Gate(gated, "returning").start()
+    gate.close()
+    assert seen == []
