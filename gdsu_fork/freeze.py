@@ -405,7 +405,21 @@ def _fork_without_warning() -> int:
 
 
 def quiet_fork() -> int:
-    """`os.fork()` without the multi-threaded fork warning; the child is released from the freeze."""
+    """`os.fork()` without the multi-threaded fork warning; the child is released from the freeze.
+
+    Raises FreezeError, rather than deadlock, if the program is frozen while a lock that
+    os.fork takes is held: `try_freeze` saw it free, but a thread blocked on it in C can win
+    it without running Python after that check, then parks holding it at its next
+    instruction (nothing releases a lock in a frozen program).
+    """
+    fz = _active
+    if fz is not None and fz.phase is Phase.FROZEN and fz.fork_locks_busy():
+        msg = (
+            "a thread holds a lock that os.fork needs (the import lock or concurrent.futures' "
+            "shutdown lock) in the pause: forking would deadlock the program; the update is "
+            "given up and may be tried again"
+        )
+        raise FreezeError(msg)
     pid = _fork_without_warning()
     if pid == 0:
         release_in_child()

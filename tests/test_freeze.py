@@ -469,3 +469,35 @@ def test_200_threads_park_and_resume():
         stop.set()
         for t in waiters:
             t.join(10)
+
+
+_FORK_LOCK_TAKEN = """
+import concurrent.futures.thread as futures
+from gdsu_fork.freeze import FreezeError, quiet_fork
+from gdsu_fork.safepoint import paused_at_safe_point
+
+def changed():
+    return 1
+
+with paused_at_safe_point([changed.__code__], timeout=10):
+    # As if a thread blocked in C had won concurrent.futures' lock after the freeze checked it
+    # (a thread that then parks holding it): os.fork's before-fork hook would wait forever.
+    futures._global_shutdown_lock.acquire()
+    try:
+        quiet_fork()
+    except FreezeError:
+        print("refused")
+    finally:
+        futures._global_shutdown_lock.release()
+"""
+
+
+def test_no_fork_in_the_pause_while_a_fork_lock_is_taken():
+    # A deadlock here would hang the program being updated: run it in a child process.
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_FORK_LOCK_TAKEN)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (proc.returncode, proc.stdout.strip()) == (0, "refused"), proc.stderr[-2000:]
