@@ -1,9 +1,10 @@
 """Parking application threads inside hook callbacks, so that none executes Python code.
 
 A thread parks by blocking inside a callback the interpreter calls before it runs Python code:
-on 3.12+ a `sys.monitoring` event, on 3.11 a C-level trace function set on each thread state
-by our C helper `_tstates` (`sys.settrace` reaches only the calling thread). Holding the GIL does not freeze
-anything: it is released at the first blocking call and handed over every switch interval.
+on 3.12+ a `sys.monitoring` event, on 3.11 a C-level trace function that our C helper
+`_tstates` sets on each thread state (`sys.settrace` reaches only the calling thread). Holding
+the GIL does not freeze anything: it is released at the first blocking call and handed over
+every switch interval.
 
 A `Freezer` lives for one update window and moves through its phases:
 
