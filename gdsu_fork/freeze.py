@@ -1,9 +1,10 @@
 """Parking application threads inside hook callbacks, so that none executes Python code.
 
 A thread parks by blocking inside a callback the interpreter calls before it runs Python code:
-on 3.12+ a `sys.monitoring` event, on 3.11 a C-level trace function set on each thread state
-through ctypes (`sys.settrace` reaches only the calling thread). Holding the GIL does not freeze
-anything: it is released at the first blocking call and handed over every switch interval.
+on 3.12+ a `sys.monitoring` event, on 3.11 a C-level trace function that our C helper
+`_tstates` sets on each thread state (`sys.settrace` reaches only the calling thread). Holding
+the GIL does not freeze anything: it is released at the first blocking call and handed over
+every switch interval.
 
 A `Freezer` lives for one update window and moves through its phases:
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 import _imp
 import _thread
 import contextlib
-import ctypes
 import enum
 import gc
 import os
@@ -36,6 +36,7 @@ from collections.abc import Callable, Collection, Iterator
 from types import CodeType, FrameType
 from typing import Any
 
+from . import _tstates
 from .errors import GdsuError
 
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -56,6 +57,8 @@ class Phase(enum.Enum):
 
 
 _PARKING = (Phase.PARK, Phase.FROZEN)
+# A collection threshold no allocation count reaches (the C field is an int).
+_NO_COLLECTION = 2**31 - 1
 
 # The Freezer whose hooks are armed, if any: hooks are per interpreter, so at most one.
 _active: Freezer | None = None
@@ -140,12 +143,6 @@ class Freezer:
         self.updater = threading.get_ident()
         self._main = threading.main_thread().ident
         self.signal = _Signal()
-        # Threads parked now: ident -> the frame exempt from the safe-point check (a frame
-        # parked while it returns executes no more of its code), or None.
-        self.parked: dict[int, FrameType | None] = {}
-        # Frames parked while they returned, by thread: they run no more of their code, even
-        # after a failed attempt released them (their return completes without a new event).
-        self.returning: dict[int, FrameType] = {}
         # Bumped whenever a thread is let into changed code while parking; see `try_freeze`.
         self.entries = 0
         # Threads inside changed code at the last check: their parking is worth a new check.
@@ -162,7 +159,8 @@ class Freezer:
         self._gate: _Gate | None = None
         self._held_locks: list[Any] = []
         self._watched: list[Any] = _fork_locks()[1]
-        self._gc_was_enabled = False
+        # While threads are parked: the collector's state before the pause, else None.
+        self._gc_saved: tuple[bool, tuple[int, int, int]] | None = None
         self._hooks = _MonitoringHooks(self) if _PY312 else _TraceHooks(self)
         _active = self
 
@@ -202,6 +200,7 @@ class Freezer:
             try:
                 started = self.eager and self.phase is Phase.WATCH and self._gate is not None
                 if started:
+                    self._start_gc_pause()
                     self.entries = 0
                     self.phase = Phase.PARK
                     self._hooks.park()
@@ -236,11 +235,33 @@ class Freezer:
         return True
 
     def _start_gc_pause(self) -> None:
-        self._gc_was_enabled = gc.isenabled()
-        # Finalizers of application objects must not run in the update thread mid-pause.
+        """No collection, so no finalizer of the program, in any thread until `_end_gc_pause`.
+
+        Call it before any thread parks: a finalizer run while threads are parked (in the
+        update thread, or in a thread inside our hook callback, where no event parks it) runs
+        the program's code in the pause, and deadlocks if it needs a lock a parked thread holds.
+        """
+        if self._gc_saved is not None:
+            return
+        self._gc_saved = (gc.isenabled(), gc.get_threshold())
+        # 3.12 runs a collection that an allocation scheduled earlier (a flag that the next
+        # thread to check its eval breaker acts on) whatever gc.disable() says: `_Py_RunGC`
+        # checks neither `enabled` nor `collecting` (3.11 collects inside the allocation, 3.13
+        # checks `enabled`). It collects only generations over their threshold: raise them
+        # first, so that no eval-breaker check from here to the end of the pause can start one.
+        gc.set_threshold(_NO_COLLECTION, _NO_COLLECTION, _NO_COLLECTION)
         gc.disable()
 
-    def try_freeze(self, check: Callable[[dict[int, FrameType | None]], set[int] | None]) -> bool:
+    def _end_gc_pause(self) -> None:
+        if self._gc_saved is None:
+            return
+        enabled, thresholds = self._gc_saved
+        self._gc_saved = None
+        gc.set_threshold(*thresholds)
+        if enabled:
+            gc.enable()
+
+    def try_freeze(self, check: Callable[[], set[int] | None]) -> bool:
         """Run the safe-point `check` and freeze if it passes, as one step.
 
         `check` returns None when safe, else the idents of the threads inside changed code
@@ -251,7 +272,7 @@ class Freezer:
         """
         self._hooks.rearm()
         before = self.entries
-        blocking = check(self.exempt())
+        blocking = check()
         if blocking is not None:
             self.waiting_for = blocking
             return False
@@ -261,7 +282,9 @@ class Freezer:
             self.import_wait = True
             return False
         self.phase = Phase.FROZEN
-        if self.entries == before:
+        # 3.11: a thread started during the check had no trace function, so no entry of its
+        # was counted. Arm it now (it parks at its next event); if there was one, check again.
+        if self._hooks.rearm() == 0 and self.entries == before:
             return True
         self.phase = Phase.PARK
         return False
@@ -277,12 +300,11 @@ class Freezer:
         self.waiting_for = set()
         self.import_wait = False
         self._release_fork_locks()
-        if self._gc_was_enabled:
-            gc.enable()
-            self._gc_was_enabled = False
+        self._end_gc_pause()
 
-    def park_here(self, exempt: FrameType | None) -> None:
-        """Block the calling application thread while threads are parked (called from hooks)."""
+    def park_here(self, returning: FrameType | None) -> None:
+        """Block the calling application thread while threads are parked (called from hooks);
+        `returning`: the frame whose return event this is (see `returning_frame`), or None."""
         if self._gate is None:
             return
         me = _thread.get_ident()
@@ -290,10 +312,7 @@ class Freezer:
             # Parked now, it could hold a lock that os.fork needs: park it later.
             self.import_wait = True
             return
-        self.parked[me] = exempt
-        if exempt is not None:
-            self.returning[me] = exempt
-        if exempt is not None or me in self.waiting_for or self.import_wait:
+        if returning is not None or me in self.waiting_for or self.import_wait:
             self.signal.raise_()  # a blocking frame is done: worth a new check
         # A signal must not run the main thread's Python handlers inside the freeze: block them
         # while parked; the kernel keeps them pending (or hands them to a thread in C), and the
@@ -311,24 +330,13 @@ class Freezer:
                 if gate is None:
                     break
                 if fz is not here:
-                    here.parked.pop(me, None)
-                    fz.parked[me] = exempt
-                    if exempt is not None:
-                        fz.returning[me] = exempt
                     here = fz
-                    if exempt is not None or me in fz.waiting_for:
+                    if returning is not None or me in fz.waiting_for:
                         fz.signal.raise_()
                 gate.wait()
         finally:
             if blocked:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)
-            here.parked.pop(me, None)
-
-    def exempt(self) -> dict[int, FrameType | None]:
-        """Frames the safe-point check may ignore, by thread: those parked while returning."""
-        out: dict[int, FrameType | None] = dict(self.returning)
-        out.update((ident, f) for ident, f in self.parked.items() if f is not None)
-        return out
 
     def stack_clean(self, frame: FrameType | None) -> bool:
         """True if no frame from `frame` outwards executes changed code."""
@@ -377,11 +385,9 @@ class Freezer:
         self.phase = Phase.OFF
         self._hooks.close()
         self._gate = None
-        self.parked.clear()
         # The modules' after-fork hooks re-created their locks (logging's, concurrent.futures').
         self._held_locks.clear()
-        if self._gc_was_enabled:
-            gc.enable()
+        self._end_gc_pause()
         _active = None
 
 
@@ -400,7 +406,21 @@ def _fork_without_warning() -> int:
 
 
 def quiet_fork() -> int:
-    """`os.fork()` without the multi-threaded fork warning; the child is released from the freeze."""
+    """`os.fork()` without the multi-threaded fork warning; the child is released from the freeze.
+
+    Raises FreezeError, rather than deadlock, if the program is frozen while a lock that
+    os.fork takes is held: `try_freeze` saw it free, but a thread blocked on it in C can win
+    it without running Python after that check, then parks holding it at its next
+    instruction (nothing releases a lock in a frozen program).
+    """
+    fz = _active
+    if fz is not None and fz.phase is Phase.FROZEN and fz.fork_locks_busy():
+        msg = (
+            "a thread holds a lock that os.fork needs (the import lock or concurrent.futures' "
+            "shutdown lock) in the pause: forking would deadlock the program; the update is "
+            "given up and may be tried again"
+        )
+        raise FreezeError(msg)
     pid = _fork_without_warning()
     if pid == 0:
         release_in_child()
@@ -468,8 +488,9 @@ class _MonitoringHooks:
         ev = self.ev
         self.mon.set_events(self.tool, ev.PY_UNWIND | ev.INSTRUCTION | ev.PY_START)
 
-    def rearm(self) -> None:
+    def rearm(self) -> int:
         """Nothing to do: events are per interpreter, new threads are covered."""
+        return 0
 
     def unpark(self) -> None:
         self.mon.set_events(self.tool, self.ev.PY_UNWIND)
@@ -562,134 +583,39 @@ def _note_late_entry(f: Freezer, frame: FrameType) -> None:
     f.late_entries.append(f"{code.co_filename}:{code.co_firstlineno} in {code.co_qualname}")
 
 
-# -- 3.11: per-thread C trace functions through ctypes -----------------------------------------
+# -- 3.11: per-thread C trace functions, set in one C walk -------------------------------------
 
 _TRACE_CALL, _TRACE_EXCEPTION, _TRACE_LINE, _TRACE_RETURN, _TRACE_OPCODE = 0, 1, 2, 3, 7
-_TRACEFUNC = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.c_void_p, ctypes.py_object, ctypes.c_int, ctypes.c_void_p
-)
 
 
-class _ThreadStates:
-    """The interpreter's thread states and their trace slots (3.11 layout, found at run time).
-
-    `PyThreadState` of 3.11 starts `prev, next, interp, 7 ints, cframe, c_profilefunc,
-    c_tracefunc, c_profileobj, c_traceobj`; rather than trusting the ints' padding we locate
-    `c_traceobj` by setting a known trace object and looking for its address.
-    """
-
-    def __init__(self) -> None:
-        api = ctypes.pythonapi
-        api.PyInterpreterState_Get.restype = ctypes.c_void_p
-        api.PyInterpreterState_ThreadHead.restype = ctypes.c_void_p
-        api.PyInterpreterState_ThreadHead.argtypes = [ctypes.c_void_p]
-        api.PyThreadState_Next.restype = ctypes.c_void_p
-        api.PyThreadState_Next.argtypes = [ctypes.c_void_p]
-        api.PyThreadState_Get.restype = ctypes.c_void_p
-        api._PyEval_SetTrace.restype = ctypes.c_int
-        api._PyEval_SetTrace.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-        self.api = api
-        me = api.PyThreadState_Get()
-        words = (ctypes.c_void_p * 64).from_address(me)
-
-        def probe(frame: Any, event: str, arg: Any) -> None:
-            return None
-
-        old = sys.gettrace()
-        sys.settrace(probe)
-        try:
-            hits = [i for i in range(64) if words[i] == id(probe)]
-        finally:
-            sys.settrace(old)
-        ident = threading.get_ident()
-        ids = [i for i in range(64) if words[i] == ident]
-        if len(hits) != 1 or not ids:
-            msg = "cannot find the trace slots of PyThreadState on this Python 3.11 build"
-            raise FreezeError(msg)
-        word = ctypes.sizeof(ctypes.c_void_p)
-        self.traceobj_off = hits[0] * word
-        self.tracefunc_off = self.traceobj_off - 2 * word
-        self.profilefunc_off = self.traceobj_off - 3 * word
-        self.ident_off = ids[0] * word
-
-    def all(self) -> Iterator[int]:
-        ts = self.api.PyInterpreterState_ThreadHead(self.api.PyInterpreterState_Get())
-        while ts:
-            yield ts
-            ts = self.api.PyThreadState_Next(ts)
-
-    def current(self) -> int:
-        return self.api.PyThreadState_Get()
-
-    def _word(self, ts: int, off: int) -> int:
-        return ctypes.c_void_p.from_address(ts + off).value or 0
-
-    def ident(self, ts: int) -> int:
-        return ctypes.c_ulong.from_address(ts + self.ident_off).value
-
-    def trace(self, ts: int) -> tuple[int, int]:
-        return self._word(ts, self.tracefunc_off), self._word(ts, self.traceobj_off)
-
-    def has_hook(self, ts: int) -> bool:
-        return bool(self._word(ts, self.tracefunc_off) or self._word(ts, self.profilefunc_off))
-
-    def set_trace(self, ts: int, func: int, obj: int) -> None:
-        self.api._PyEval_SetTrace(ts, func or None, obj or None)
-
-
-_tstates: _ThreadStates | None = None
-
-
-def thread_states() -> _ThreadStates:
-    """The 3.11 thread-state reader, built on first use."""
-    global _tstates
-    if _tstates is None:
-        _tstates = _ThreadStates()
-    return _tstates
+def hooked_threads() -> list[tuple[int, bool, bool, bool]]:
+    """3.11: (ident, trace function set, profile function set, ours) for every thread state."""
+    return _tstates.hooks()
 
 
 class _TraceHooks:
-    """Notifications and parking through per-thread C trace functions (3.11)."""
+    """Notifications and parking through per-thread C trace functions (3.11).
+
+    `_tstates` (C) sets them: every walk over the thread states happens in C under the GIL,
+    running no Python code, so no thread state can be freed under it (walked through ctypes,
+    it crashed when a thread ended mid-walk).
+    """
 
     def __init__(self, freezer: Freezer) -> None:
         self.f = freezer
-        self.ts = thread_states()
-        self.updater_ts = self.ts.current()  # built in the update thread, which is never traced
-        self.cfunc = _TRACEFUNC(self._trace)
-        self.func = ctypes.cast(self.cfunc, ctypes.c_void_p).value or 0
-        # tstate address -> the (func, obj) it had before, obj kept alive by `saved_objs`.
-        self.saved: dict[int, tuple[int, int]] = {}
-        self.saved_objs: list[object] = []
+        self.c = _tstates
+        # The update thread is never traced (built there; `returned` may arm from another).
+        self.updater = freezer.updater
+        self.callback = self._trace  # one bound method: the thread states hold references to it
         # Frames whose line/opcode events we switched, to restore at the end.
         self.quiet: list[FrameType] = []
         self.opcodes: list[FrameType] = []
         self.watch_codes: frozenset[CodeType] = frozenset()
 
-    def _arm(self, ts: int) -> None:
-        func, obj = self.ts.trace(ts)
-        if func == self.func:
-            return
-        if obj:
-            # Keep the previous trace object alive: _PyEval_SetTrace drops its reference.
-            self.saved_objs.append(ctypes.cast(obj, ctypes.py_object).value)
-        self.saved[ts] = (func, obj)
-        self.ts.set_trace(ts, self.func, 0)
-
-    def _disarm_all(self) -> None:
-        for ts in self.ts.all():
-            if self.ts.trace(ts)[0] == self.func:
-                func, obj = self.saved.get(ts, (0, 0))
-                self.ts.set_trace(ts, func, obj)
-        self.saved.clear()
-        self.saved_objs.clear()
-
     def watch(self, blocking: frozenset[CodeType], threads: Collection[int] | None) -> None:
-        self._disarm_all()
+        self.c.disarm()
         self.watch_codes = blocking
-        me = self.updater_ts
-        for ts in self.ts.all():
-            if ts != me and (threads is None or self.ts.ident(ts) in threads):
-                self._arm(ts)
+        self.c.arm(self.callback, self.updater, threads)
 
     def park(self) -> None:
         self.rearm()
@@ -709,11 +635,9 @@ class _TraceHooks:
                 frame.f_trace_opcodes = True
                 self.opcodes.append(frame)
 
-    def rearm(self) -> None:
-        me = self.updater_ts
-        for ts in self.ts.all():
-            if ts != me:
-                self._arm(ts)
+    def rearm(self) -> int:
+        """Arm every thread, those started since the last walk included; how many were new."""
+        return self.c.arm(self.callback, self.updater)
 
     def unpark(self) -> None:
         # Back to no hook at all; the caller arms the watch it needs next.
@@ -723,47 +647,46 @@ class _TraceHooks:
         for frame in self.quiet:
             frame.f_trace_lines = True
         self.quiet.clear()
-        self._disarm_all()
+        self.c.disarm()
 
     def close(self) -> None:
         self.unpark()
 
-    def _trace(self, _obj: int, frame: FrameType, what: int, _arg: int) -> int:
-        # Must never raise: ctypes would print the error and go on.
+    def _trace(self, frame: FrameType, what: int) -> None:
         try:
-            self._event(frame, what)
-        except BaseException:
-            return 0
-        return 0
+            if _thread.get_ident() == self.f.updater:
+                return
+            if what == _TRACE_RETURN:
+                self._on_trace_return(frame)
+            else:
+                self._event(frame, what)
+        except Exception:
+            # A fault of ours must not become the application's exception. (KeyboardInterrupt
+            # and the like, raised by the application's signal handlers, do propagate.)
+            return
+
+    def _on_trace_return(self, frame: FrameType) -> None:
+        # Its own function: `returning_frame` recognises a thread stopped in here.
+        f = self.f
+        phase = f.phase
+        if phase is Phase.WATCH or phase is Phase.OFF:
+            if frame.f_code in self.watch_codes:
+                f.returned(frame)
+        elif phase is Phase.FROZEN or f.stack_clean(frame.f_back):
+            f.park_here(frame)
+        elif frame.f_code in f.changed:
+            f.notify()
 
     def _event(self, frame: FrameType, what: int) -> None:
         f = self.f
-        if _thread.get_ident() == f.updater:
-            return
         phase = f.phase
-        code = frame.f_code
         if phase is Phase.WATCH or phase is Phase.OFF:
-            if what == _TRACE_RETURN and code in self.watch_codes:
-                f.returned(frame)
             return
-        changed = code in f.changed
+        changed = frame.f_code in f.changed
         if phase is Phase.FROZEN:
-            if what == _TRACE_RETURN:
-                f.park_here(frame)
-            else:
-                if what == _TRACE_CALL and changed:
-                    _note_late_entry(f, frame)
-                f.park_here(None)
-            return
-        # PARK
-        if what == _TRACE_RETURN:
-            if changed:
-                if f.stack_clean(frame.f_back):
-                    f.park_here(frame)
-                else:
-                    f.notify()
-            elif f.stack_clean(frame.f_back):
-                f.park_here(frame)
+            if what == _TRACE_CALL and changed:
+                _note_late_entry(f, frame)
+            f.park_here(None)
         elif changed:
             if what == _TRACE_CALL:
                 f.entries += 1
@@ -774,3 +697,27 @@ class _TraceHooks:
                 self.quiet.append(frame)
         elif f.stack_clean(frame):
             f.park_here(None)
+
+
+# Our callbacks for return events. A thread stopped in one is finishing the return of the frame
+# right below them: that frame executes no more of its code, and its return event has fired.
+_HERE = Freezer.park_here.__code__.co_filename
+_RETURN_CALLBACKS = frozenset(
+    {_MonitoringHooks._on_return.__code__, _TraceHooks._on_trace_return.__code__}
+)
+
+
+def returning_frame(top: FrameType) -> FrameType | None:
+    """The frame a thread is returning from while it is inside our return callback, else None.
+
+    The safe-point check must not count that frame as a blocker, nor wait for a return event
+    from it: the event has fired already. (A thread parked at a return by one freezer may
+    finish that return only after the next freezer, or the next attempt, has looked at it:
+    counted as a blocker, it stalled the wait until the re-check.)
+    """
+    frame: FrameType | None = top
+    returning = False
+    while frame is not None and frame.f_code.co_filename == _HERE:
+        returning = returning or frame.f_code in _RETURN_CALLBACKS
+        frame = frame.f_back
+    return frame if returning else None

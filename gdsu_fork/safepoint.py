@@ -13,6 +13,9 @@ CONTRACT (used by engine.py):
 - `on_blocked(blockers)` is called while waiting, when what blocks changes.
 - A child forked inside the block must call `release_in_child()` before any other Python code
   (`pause.fork()` and `quiet_fork()` do it, and fork without 3.12's multi-threaded warning).
+- `pause.late_entries()`: call it right before the point of no return (the commit) and discard
+  unless it returns (): C code (a signal handler, a finalizer) started a changed function during
+  the pause, and that frame runs the old code once the program is released.
 
 A safe point: no thread stack, no suspended generator or coroutine (asyncio tasks included, on
 every loop) holds a frame of `codes`. The wait is driven by return notifications on the code that
@@ -38,7 +41,7 @@ from types import CodeType, FrameType
 from typing import Any
 
 from .errors import SafePointTimeout
-from .freeze import Freezer, Phase, open_freezer, quiet_fork, release_in_child
+from .freeze import Freezer, Phase, open_freezer, quiet_fork, release_in_child, returning_frame
 
 __all__ = [
     "Blocker",
@@ -60,8 +63,9 @@ _SUSPENDABLE = (
 # How long one attempt keeps the other threads parked while threads inside changed code run
 # on to their return. 200 threads converge in 9–15 ms on our 2-core machines.
 ATTEMPT_WINDOW = 0.05
-# How long a wait goes without any notification before it checks that its events still fire.
-REARM_AFTER = 0.25
+# How long a wait goes without any notification before it looks whether the blocking frames
+# moved on anyway (a safety net; see the comment where it is used).
+REARM_AFTER = 1.0
 
 
 class BlockerKind(enum.StrEnum):
@@ -92,8 +96,19 @@ class Pause:
 
     waited: float = 0.0
     attempts: int = 0
-    # Functions of `codes` that C code started after the freeze (a frame that will run old code).
-    late_entries: list[str] = dataclasses.field(default_factory=list)
+    # The freezer's record of late entries (appended to while the pause lasts).
+    _late: list[str] = dataclasses.field(default_factory=list, repr=False)
+
+    def late_entries(self) -> tuple[str, ...]:
+        """Changed functions started since the freeze, as "file:line in qualname"; () if none.
+
+        Only C code can start one while every thread is parked (a signal handler run from a
+        blocking call, a C library's callback, a finalizer): its thread parks at the
+        function's first instruction, in a frame of the old code, and runs that old code
+        once released. An update must therefore call this right before its point of no
+        return and give up (discard) unless it returns ().
+        """
+        return tuple(self._late)
 
     @staticmethod
     def fork() -> int:
@@ -172,21 +187,19 @@ def find_suspended(codes: Collection[CodeType]) -> list[Any]:
 
 def _scan(
     changed: frozenset[CodeType],
-    exempt: dict[int, FrameType | None] | None = None,
     known: Collection[weakref.ref[Any]] = (),
     full: bool = True,
 ) -> _Scan:
-    """Find every holder of a changed frame but the caller's thread (`exempt`: frames parked
-    while they return, which run no more of their code; `known`: suspended generators found
+    """Find every holder of a changed frame but the caller's thread (a frame stopped in its
+    return event runs no more of its code: not counted; `known`: suspended generators found
     before a `gc.freeze()`). Unless `full`, a thread found blocking skips the heap walk."""
     me = threading.get_ident()
-    exempt = exempt or {}
     threads: dict[int, FrameType] = {}
     codes: set[CodeType] = set()
     for ident, top in sys._current_frames().items():
         if ident == me:
             continue
-        skip = exempt.get(ident)
+        skip = returning_frame(top)
         frame: FrameType | None = top
         while frame is not None:
             if frame.f_code in changed and frame is not skip:
@@ -300,7 +313,7 @@ def _attempt(
     fz: Freezer,
     deadline: float,
     window: float,
-    look: Callable[[dict[int, FrameType | None], bool], _Scan],
+    look: Callable[[bool], _Scan],
 ) -> tuple[bool, _Scan | None, bool]:
     """Park everyone, let changed frames return; True if frozen at a safe point.
 
@@ -313,9 +326,9 @@ def _attempt(
     end = min(deadline, now + window)
     last: _Scan | None = None
 
-    def check(exempt: dict[int, FrameType | None]) -> set[int] | None:
+    def check() -> set[int] | None:
         nonlocal last
-        last = look(exempt, False)
+        last = look(False)
         return set(last.threads) if last.blocked else None
 
     expired = False
@@ -376,8 +389,8 @@ def paused_at_safe_point(
     pause = Pause()
     with open_freezer(changed) as fz:
 
-        def look(exempt: dict[int, FrameType | None] | None = None, full: bool = True) -> _Scan:
-            return _scan(changed, fz.exempt() if exempt is None else exempt, known, full)
+        def look(full: bool = True) -> _Scan:
+            return _scan(changed, known, full)
 
         reported: frozenset[tuple[int, int]] | None = None
         # Threads that stayed in changed code through a whole attempt: no new attempt (which
@@ -396,7 +409,7 @@ def paused_at_safe_point(
                 frozen, last, expired = _attempt(fz, deadline, window, look)
                 if frozen:
                     pause.waited = time.monotonic() - start
-                    pause.late_entries = fz.late_entries
+                    pause._late = fz.late_entries
                     yield pause
                     return
                 if expired and last is not None:
@@ -423,9 +436,12 @@ def paused_at_safe_point(
             notified = fz.signal.wait(min(remaining, REARM_AFTER))
             rearm = not notified
             if rearm:
-                # No notification for a while. Under heavy load on 3.12/3.13 we saw local return
-                # events armed on a code object never fire; so, seldom, look whether the
-                # blocking frames moved on (then try) and arm the events afresh.
+                # No notification for a while. The "lost events" once seen here under load were
+                # frames already in their return event (parked there by an earlier freezer or
+                # attempt), now exempt (`returning_frame`). One kind of return still sends no
+                # event: inside any tool's callback (a debugger's trace function calling changed
+                # code) no event fires. So, seldom, look whether the blocking frames moved on
+                # (then try) and arm afresh.
                 after = _changed_frames(look(), changed)
                 notified = any(
                     not any(f is g for g in after.get(ident, ()))

@@ -12,6 +12,9 @@ import os
 import select
 import signal
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import warnings
@@ -111,10 +114,11 @@ def child_work() -> bytes:
 
 
 @pytest.fixture(autouse=True)
-def no_hooks_left():
-    before = support.installed_hooks()
+def no_hooks_or_threads_left():
+    before, threads = support.installed_hooks(), set(threading.enumerate())
     yield
     assert support.installed_hooks() == before, "a hook outlived the update window"
+    assert support.threads_left(threads) == [], "a test left threads running"
 
 
 @pytest.mark.parametrize("plain", [False, True], ids=["quiet_fork", "os.fork"])
@@ -220,15 +224,14 @@ class Finalized:
         Finalized.count += 1
 
 
-@pytest.mark.skip(
-    reason="known defect: with collector churn and finalizers during the pause, the update can "
-    "hang (3.12) or crash closing the freeze (3.11); see the open safe-point issue"
-)
 def test_finalizers_do_not_run_during_the_pause():
     def litter() -> None:
         Finalized()  # cyclic garbage: finalized by the collector, in whichever thread runs it
 
-    with Spinners(3, litter, "litter"):
+    collector = (gc.isenabled(), gc.get_threshold())
+    # Hot threads in changed code: parking starts while they run on (and, when one returns,
+    # from inside its thread).
+    with Spinners(3, litter, "litter"), Spinners(2, changed, "hot"):
 
         def update() -> None:
             with paused_at_safe_point([changed.__code__], timeout=10):
@@ -241,6 +244,7 @@ def test_finalizers_do_not_run_during_the_pause():
 
         for _ in range(3):
             in_thread(update)
+            assert (gc.isenabled(), gc.get_threshold()) == collector, "collector not restored"
     gc.collect()
     assert Finalized.count > 0
 
@@ -305,6 +309,99 @@ def test_threads_starting_and_ending_during_the_window():
         for s in spawners:
             s.join(10)
     assert started[0] > 10
+
+
+# Threads end as fast as they start while an update thread arms, parks and releases them:
+# the hook set-up walks the thread states, which a thread frees when it ends. (Walked from
+# Python through ctypes on 3.11, this crashed the process within a second or two.)
+_WALK_STRESS = """
+import threading, time
+from gdsu_fork.freeze import open_freezer
+
+def short():
+    return sum(range(50))
+
+stop = threading.Event()
+
+def spawner():
+    while not stop.is_set():
+        batch = [threading.Thread(target=short) for _ in range(4)]
+        for t in batch:
+            t.start()
+        for t in batch:
+            t.join()
+
+def update():
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        with open_freezer([short.__code__]) as fz:
+            fz.watch([short.__code__], None)
+            assert fz.begin_parking(lock_timeout=1)
+            fz.unpark()
+
+spawners = [threading.Thread(target=spawner) for _ in range(3)]
+for t in spawners:
+    t.start()
+updater = threading.Thread(target=update)
+updater.start()
+updater.join()
+stop.set()
+for t in spawners:
+    t.join()
+print("ok")
+"""
+
+
+def test_setting_hooks_survives_threads_ending_meanwhile():
+    # A crash here would be a crash of the program being updated: run it in a child process.
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_WALK_STRESS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (proc.returncode, proc.stdout.strip()) == (0, "ok"), proc.stderr[-2000:]
+
+
+def test_a_thread_keeps_its_own_trace_function():
+    """A debugger's or coverage's tracer set in a thread is back in place after the update."""
+    events: list[str] = []
+    ready, go, done = threading.Event(), threading.Event(), threading.Event()
+    after: dict = {}
+
+    def tracer(frame, event, arg):
+        if frame.f_code is busy.__code__:
+            events.append(event)
+        return tracer
+
+    def traced() -> None:
+        sys.settrace(tracer)
+        try:
+            ready.set()
+            while not go.is_set():
+                busy()  # parked in here during the update
+            events.clear()
+            busy()
+            after["trace"] = sys.gettrace()
+        finally:
+            sys.settrace(None)
+            done.set()
+
+    thread = threading.Thread(target=traced, name="traced")
+    thread.start()
+    assert ready.wait(10)
+
+    def update() -> None:
+        with paused_at_safe_point([changed.__code__], timeout=10):
+            pass
+
+    for _ in range(3):
+        in_thread(update)
+    go.set()
+    assert done.wait(10)
+    thread.join(10)
+    assert after["trace"] is tracer
+    assert "call" in events and "return" in events
 
 
 def test_threads_in_c_calls_park_when_they_return():
@@ -372,3 +469,35 @@ def test_200_threads_park_and_resume():
         stop.set()
         for t in waiters:
             t.join(10)
+
+
+_FORK_LOCK_TAKEN = """
+import concurrent.futures.thread as futures
+from gdsu_fork.freeze import FreezeError, quiet_fork
+from gdsu_fork.safepoint import paused_at_safe_point
+
+def changed():
+    return 1
+
+with paused_at_safe_point([changed.__code__], timeout=10):
+    # As if a thread blocked in C had won concurrent.futures' lock after the freeze checked it
+    # (a thread that then parks holding it): os.fork's before-fork hook would wait forever.
+    futures._global_shutdown_lock.acquire()
+    try:
+        quiet_fork()
+    except FreezeError:
+        print("refused")
+    finally:
+        futures._global_shutdown_lock.release()
+"""
+
+
+def test_no_fork_in_the_pause_while_a_fork_lock_is_taken():
+    # A deadlock here would hang the program being updated: run it in a child process.
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_FORK_LOCK_TAKEN)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (proc.returncode, proc.stdout.strip()) == (0, "refused"), proc.stderr[-2000:]

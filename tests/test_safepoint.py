@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dis
 import faulthandler
+import os
+import signal
 import sys
 import threading
 import time
@@ -88,10 +90,11 @@ def finish(thread: threading.Thread, out: dict, timeout: float = 30) -> object:
 
 
 @pytest.fixture(autouse=True)
-def no_hooks_left():
-    before = support.installed_hooks()
+def no_hooks_or_threads_left():
+    before, threads = support.installed_hooks(), set(threading.enumerate())
     yield
     assert support.installed_hooks() == before, "a hook outlived the update window"
+    assert support.threads_left(threads) == [], "a test left threads running"
 
 
 def test_freezes_when_nothing_blocks_and_parks_busy_threads():
@@ -123,6 +126,7 @@ def test_waits_for_a_thread_inside_changed_code_then_freezes():
             return list(gate.log)
 
     log = finish(*run_updater(update))
+    gate.close()
     assert log == ["in", "out"], "frozen while a thread was still inside changed code"
     [first] = seen
     assert [(b.kind, b.name) for b in first] == [("thread", "in-work")]
@@ -148,6 +152,8 @@ def test_threads_entering_changed_code_during_the_wait_are_waited_for():
             return list(first.log), list(second.log)
 
     assert finish(*run_updater(update)) == (["in", "out"], ["in", "out"])
+    first.close()
+    second.close()
     assert seen[0] == {"first"}
     assert {"second"} in seen
 
@@ -179,8 +185,7 @@ def test_timeout_names_the_thread_and_line_and_the_program_runs_on():
     )
     assert "looper" in str(info.value) and blocker.stack[-1] in str(info.value)
     assert gate.thread.is_alive()
-    gate.open()
-    gate.thread.join(10)
+    gate.close()
 
 
 def changed_gen():
@@ -305,8 +310,7 @@ def test_allowed_frames_may_stay_while_the_code_they_call_is_changed():
             # A frame of changed code may only be there while it returns.
             assert all(op.startswith("RETURN") for name, op in stack if name == "handle"), stack
     finally:
-        gate.open()
-        gate.thread.join(10)
+        gate.close()
 
 
 def test_one_update_at_a_time():
@@ -318,3 +322,68 @@ def test_one_update_at_a_time():
             freeze_once([work.__code__], 1)
 
     finish(*run_updater(update))
+
+
+handled: list[int] = []
+
+
+def on_signal(signum, frame) -> None:
+    """A signal handler that the update below changes: C code calls it, wherever the main
+    thread is waiting."""
+    handled.append(signum)
+
+
+def test_changed_code_started_from_c_during_the_pause_is_a_late_entry():
+    """The main thread waits in C; a signal makes it call a changed handler in the pause."""
+    handled.clear()
+
+    def update() -> tuple[tuple[str, ...], tuple[str, ...], list[int]]:
+        with paused_at_safe_point([on_signal.__code__], timeout=10) as pause:
+            first = pause.late_entries()
+            os.kill(os.getpid(), signal.SIGUSR1)
+            deadline = time.monotonic() + 10
+            entered = threading.Event()  # never set: a wait with a deadline, GIL released
+            while not pause.late_entries() and time.monotonic() < deadline:
+                entered.wait(0.005)
+            return first, pause.late_entries(), list(handled)
+
+    previous = signal.signal(signal.SIGUSR1, on_signal)
+    try:
+        thread, out = run_updater(update)
+        while thread.is_alive():
+            thread.join(0.01)  # the main thread in C; it runs handlers between its waits
+        first, late, during = finish(thread, out)
+        deadline = time.monotonic() + 10
+        while not handled and time.monotonic() < deadline:
+            threading.Event().wait(0.01)  # the handler runs in this (main) thread
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert first == ()
+    code = on_signal.__code__
+    assert late == (f"{code.co_filename}:{code.co_firstlineno} in {code.co_qualname}",)
+    assert during == [], "the changed handler ran in the pause"
+    assert handled == [signal.SIGUSR1], "the handler was lost"  # it ran after: old code
+
+
+def test_a_thread_still_finishing_its_return_does_not_block_the_next_update():
+    """Parked at its return by one update, a thread finishes that return after the release
+    without a new return event: the next update must not count it as a blocker (it would wait
+    for an event that never comes)."""
+    gate = Gate(gated, "returning").start()
+    seen: list[list[str]] = []
+
+    def update() -> None:
+        with paused_at_safe_point([gated.__code__], timeout=10, on_blocked=lambda _: gate.open()):
+            pass  # "returning" is parked in its return from gated()
+        # Released, it has not run yet (this thread holds the GIL): it is still in that return.
+        with paused_at_safe_point(
+            [gated.__code__], timeout=10, on_blocked=lambda b: seen.append([x.name for x in b])
+        ):
+            pass
+
+    for _ in range(3):
+        finish(*run_updater(update))
+        gate.close()
+        gate = Gate(gated, "returning").start()
+    gate.close()
+    assert seen == []

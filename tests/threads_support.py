@@ -100,6 +100,25 @@ class Gate:
         self.running = False
         self.release.set()
 
+    def close(self, timeout: float = 10) -> None:
+        """Open the gate and wait for the thread to end: no test leaves it to the next."""
+        self.open()
+        if self.thread.ident is not None:
+            self.thread.join(timeout)
+            assert not self.thread.is_alive(), f"thread {self.thread.name!r} did not end"
+
+
+def threads_left(before: set[threading.Thread], timeout: float = 10) -> list[str]:
+    """Names of threads started since `before` that are still alive after `timeout` seconds.
+
+    A thread a test leaves running can still be inside the code the next test changes, and
+    block (or be parked in) that test's update.
+    """
+    deadline = time.monotonic() + timeout
+    for thread in set(threading.enumerate()) - before:
+        thread.join(max(deadline - time.monotonic(), 0))
+    return sorted(t.name for t in set(threading.enumerate()) - before if t.is_alive())
+
 
 def installed_hooks() -> set[str]:
     """Every trace, profile or monitoring hook in the interpreter, any thread."""
@@ -110,10 +129,9 @@ def installed_hooks() -> set[str]:
             if name is not None:
                 hooks.add(f"monitoring tool {tool}: {name}")
     else:
-        from gdsu_fork.freeze import thread_states
+        from gdsu_fork.freeze import hooked_threads
 
-        states = thread_states()
-        for ts in states.all():
-            if states.has_hook(ts):
-                hooks.add(f"trace/profile function on thread {states.ident(ts)}")
+        for ident, trace, profile, _ in hooked_threads():
+            if trace or profile:
+                hooks.add(f"trace/profile function on thread {ident}")
     return hooks
