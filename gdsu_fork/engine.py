@@ -257,31 +257,35 @@ class _Update:
                     timeout=self.timeout,
                     on_blocked=on_blocked,
                     suspended=suspended,
-                ),
+                ) as pause,
                 _collector_paused(),
             ):
                 pause_started = time.perf_counter()
                 self.report.timings["wait"] = _ms(pause_started - wait_started)
                 self.emit(Phase.PAUSED, "program paused")
-                return self.commit_in_pause(pause_started)
+                return self.commit_in_pause(pause, pause_started)
         except SafePointTimeout as exc:
             self.report.timings["wait"] = _ms(time.perf_counter() - wait_started)
             self.report.blockers = [b.describe() for b in getattr(exc, "blockers", [])]
             return self.finish(Outcome.ABORTED, str(exc))
 
-    def commit_in_pause(self, pause_started: float) -> Report:
+    def commit_in_pause(self, pause: safepoint.Pause, pause_started: float) -> Report:
         self.reusable_positions()
         me = threading.get_ident()
         self.job.frames = [f for ident, f in sys._current_frames().items() if ident != me]
         # made since the mark (and needed): the child indexes this very list
         self.job.young = _needed(self.analysis, gc.get_objects())
         try:
-            return self.run_commit_child(pause_started)
+            return self.run_commit_child(pause, pause_started)
         finally:
             self.job.frames, self.job.young = [], None
             self.job.ahead, self.job.written = None, None
 
-    def run_commit_child(self, pause_started: float) -> Report:
+    def discard_in_pause(self, pause_started: float, reason: str | None) -> Report:
+        self.report.timings["pause"] = _ms(time.perf_counter() - pause_started)
+        return self.finish(Outcome.DISCARDED, reason)
+
+    def run_commit_child(self, pause: safepoint.Pause, pause_started: float) -> Report:
         # Invariant until the commit ends: nothing that existed at the fork is released here,
         # since the delta may name it by address.
         expected = self.report.migrated  # as found by the rehearsal (or the analysis: 0)
@@ -294,8 +298,7 @@ class _Update:
         objects = Listing(self.job.prior_objects, self.job.young or [])
         self.report.timings["child"] = _ms(result.seconds)
         if not result.ok:
-            self.report.timings["pause"] = _ms(time.perf_counter() - pause_started)
-            return self.finish(Outcome.DISCARDED, result.reason)
+            return self.discard_in_pause(pause_started, result.reason)
         analysis, data = unpack(result.payload)
         self.take_analysis(analysis)
         self.report.delta_bytes = len(data)
@@ -303,14 +306,22 @@ class _Update:
         try:
             decoded = delta_codec.decode(data)
         except Exception as exc:
-            self.report.timings["pause"] = _ms(time.perf_counter() - pause_started)
-            return self.finish(Outcome.DISCARDED, f"the delta could not be decoded: {exc!r}")
+            return self.discard_in_pause(pause_started, f"the delta could not be decoded: {exc!r}")
+        late = pause.late_entries()
+        if late:  # the point of no return is next: after it, these frames would run old code
+            return self.discard_in_pause(
+                pause_started,
+                "C code (a signal handler, a finalizer, a library's callback) started changed "
+                f"code during the pause: {'; '.join(late)}; that frame would run the old code "
+                "after the commit. Nothing changed; run the update again.",
+            )
         self.emit(Phase.COMMITTING, f"committing {len(decoded.ops)} operations")
         try:
             apply_delta(decoded, objects)
         except Exception as exc:
-            self.report.timings["pause"] = _ms(time.perf_counter() - pause_started)
-            return self.finish(Outcome.DISCARDED, f"the commit failed and was undone: {exc!r}")
+            return self.discard_in_pause(
+                pause_started, f"the commit failed and was undone: {exc!r}"
+            )
         now = time.perf_counter()
         self.report.timings["commit"] = _ms(now - commit_started)
         self.report.timings["pause"] = _ms(now - pause_started)

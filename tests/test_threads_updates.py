@@ -243,3 +243,43 @@ def test_suspended_task_and_generator_block_until_they_finish(app):
         loop.call_soon_threadsafe(loop.stop)
         loop_thread.join(10)
         loop.close()
+
+
+def test_changed_code_started_from_c_in_the_pause_discards_the_update(scenario):
+    """A signal makes the main thread (waiting in C) call a changed handler during the pause:
+    that frame would run the old code after the commit, so the update is discarded."""
+    import os
+    import signal
+
+    from gdsu_fork import freeze
+
+    scn = scenario("late_entry")
+    mod = scn.module
+    results: list[gdsu_fork.Report] = []
+
+    def signal_in_the_pause(event: gdsu_fork.Progress) -> None:
+        if event.phase is Phase.MIGRATING:  # paused, the update child about to start
+            os.kill(os.getpid(), signal.SIGUSR1)
+            deadline = time.monotonic() + 10
+            while not (freeze._active and freeze._active.late_entries):
+                if time.monotonic() > deadline:
+                    break
+                threading.Event().wait(0.002)  # GIL released: the main thread takes the signal
+
+    def update() -> None:
+        results.append(gdsu_fork.update(scn.patch_file(), progress=signal_in_the_pause))
+
+    previous = signal.signal(signal.SIGUSR1, mod.on_signal)
+    try:
+        updater = threading.Thread(target=update)
+        updater.start()
+        while updater.is_alive():
+            updater.join(0.01)  # the main thread in C; it runs handlers between its waits
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    (report,) = results
+    assert report.outcome == Outcome.DISCARDED, report.reason
+    assert "started changed code during the pause" in report.reason
+    assert "on_signal" in report.reason
+    assert mod.handled == ["v1"]  # released, the old handler ran; nothing was committed
+    assert "v1" in mod.on_signal.__code__.co_consts
