@@ -1,4 +1,5 @@
-/* The commit's assignments over groups of instances (bulk.py), in C loops.
+/* The commit's assignments over groups of instances (bulk.py), in C loops, and the gathering
+   of those groups from the listing by position.
 
    Each is what object.__setattr__ / object.__delattr__ / object.__getattribute__ does for one
    object (PyObject_Generic{Set,Get}Attr: the class's own __setattr__ is bypassed, descriptors
@@ -62,11 +63,83 @@ take_all(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return values;
 }
 
+/* pick(objects: list, positions, offset: int) -> list: objects[p - offset] for each p, in
+   order. `positions`: a buffer of int64 (array("q"), the bulk's groups: read directly) or any
+   sequence of ints. */
+static PyObject *
+pick_from_buffer(PyObject *objects, Py_buffer *view, Py_ssize_t offset)
+{
+    Py_ssize_t n = view->len / (Py_ssize_t)sizeof(long long), size = PyList_GET_SIZE(objects);
+    const long long *positions = (const long long *)view->buf;
+    PyObject *taken = PyList_New(n);
+    if (taken == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long at = positions[i] - offset;
+        if (at < 0 || at >= size) {
+            Py_DECREF(taken);
+            PyErr_Format(PyExc_IndexError, "position %lld is outside the listing", positions[i]);
+            return NULL;
+        }
+        PyList_SET_ITEM(taken, i, Py_NewRef(PyList_GET_ITEM(objects, at)));
+    }
+    return taken;
+}
+
+static PyObject *
+pick(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t offset;
+    if (nargs != 3 || !PyList_Check(args[0]) || (offset = PyLong_AsSsize_t(args[2])) == -1) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "pick(objects: list, positions, offset: int)");
+        }
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_CheckBuffer(args[1])
+        && PyObject_GetBuffer(args[1], &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) == 0) {
+        if (view.format != NULL && view.itemsize == sizeof(long long)
+            && (view.format[0] == 'q' || view.format[0] == 'l')) {
+            PyObject *taken = pick_from_buffer(args[0], &view, offset);
+            PyBuffer_Release(&view);
+            return taken;
+        }
+        PyBuffer_Release(&view);  /* another item type: read it as a sequence */
+    }
+    PyErr_Clear();
+    PyObject *positions = PySequence_Fast(args[1], "pick: positions must be a sequence of ints");
+    if (positions == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(positions), size = PyList_GET_SIZE(args[0]);
+    PyObject *taken = PyList_New(n);
+    for (Py_ssize_t i = 0; taken != NULL && i < n; i++) {
+        Py_ssize_t at = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(positions, i));
+        if (at == -1 && PyErr_Occurred()) {
+            Py_CLEAR(taken);
+            break;
+        }
+        at -= offset;
+        if (at < 0 || at >= size) {
+            PyErr_Format(PyExc_IndexError, "position %zd is outside the listing", at + offset);
+            Py_CLEAR(taken);
+            break;
+        }
+        PyList_SET_ITEM(taken, i, Py_NewRef(PyList_GET_ITEM(args[0], at)));
+    }
+    Py_DECREF(positions);
+    return taken;
+}
+
 static PyMethodDef methods[] = {
     {"set_all", (PyCFunction)(void (*)(void))set_all, METH_FASTCALL,
      "set_all(objects, name, value): object.__setattr__(o, name, value) for each o, in C."},
     {"take_all", (PyCFunction)(void (*)(void))take_all, METH_FASTCALL,
      "take_all(objects, name) -> values: each o's attribute removed and returned; all or none."},
+    {"pick", (PyCFunction)(void (*)(void))pick, METH_FASTCALL,
+     "pick(objects, positions, offset) -> [objects[p - offset] for p in positions], in C."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -24,7 +24,7 @@ from itertools import chain, repeat
 from operator import is_
 from typing import Any
 
-from ._assign import set_all, take_all
+from ._assign import pick, set_all, take_all
 
 _MISSING: Any = object()
 
@@ -56,11 +56,11 @@ class Listing:
         lo = 0
         for part, start in zip(self.parts, self._starts, strict=False):
             hi = bisect.bisect_left(positions, start + len(part), lo)
-            chunk = positions[lo:hi]
-            if start:
-                chunk = [p - start for p in chunk]
-            taken.extend(map(part.__getitem__, chunk))
+            taken.extend(pick(part, positions[lo:hi], start))
             lo = hi
+        if lo < len(positions):
+            msg = f"position {positions[lo]} is outside the listing ({len(self)} objects)"
+            raise IndexError(msg)
         return taken
 
 

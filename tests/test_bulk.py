@@ -35,9 +35,18 @@ def test_listing_takes_sorted_positions_from_both_parts(first, second, data):
     joined = first + second
     positions = sorted(data.draw(st.sets(st.integers(0, len(joined) - 1))) if joined else set())
     assert listing.take(positions) == [joined[p] for p in positions]
+    assert listing.take(array("q", positions)) == [joined[p] for p in positions]  # the groups
     assert len(listing) == len(joined)
     if joined:
         assert listing[len(joined) - 1] == joined[-1]
+
+
+def test_a_position_past_the_listing_is_an_index_error_not_a_wrong_object():
+    listing = Listing([1, 2], [3])
+    with pytest.raises(IndexError, match="position 3"):
+        listing.take(array("q", [0, 3]))
+    with pytest.raises(IndexError, match="position 5"):
+        listing.take([5])
 
 
 @given(st.sets(st.integers(0, 199)), st.sets(st.integers(0, 199)))
