@@ -83,7 +83,6 @@ UPDATERS: dict[str, Updater] = {"cli": cli_update, "none": no_update}
 # The message classes each patch leaves behind when it commits: (with sender, without sender).
 CLASSES_AFTER = {
     "v1_to_v2.py": ("ChUserMessage", "ChInfoMessage"),
-    "v1_to_v2_unchecked.py": ("ChUserMessage", "ChInfoMessage"),
     "v2_to_v1.py": ("ChMessage", "ChMessage"),
 }
 V1_CLASSES = ("ChMessage", "ChMessage")
