@@ -352,15 +352,21 @@ print("ok")
 """
 
 
-def test_setting_hooks_survives_threads_ending_meanwhile():
-    # A crash here would be a crash of the program being updated: run it in a child process.
+def run_script(source: str) -> tuple[int, str, str]:
+    """Run a test program in its own process: a crash or a deadlock there would be one of the
+    program being updated, not of the test run."""
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_WALK_STRESS)],
+        [sys.executable, "-c", textwrap.dedent(source)],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert (proc.returncode, proc.stdout.strip()) == (0, "ok"), proc.stderr[-2000:]
+    return proc.returncode, proc.stdout.strip(), proc.stderr[-2000:]
+
+
+def test_setting_hooks_survives_threads_ending_meanwhile():
+    code, out, err = run_script(_WALK_STRESS)
+    assert (code, out) == (0, "ok"), err
 
 
 def test_a_thread_keeps_its_own_trace_function():
@@ -493,11 +499,5 @@ with paused_at_safe_point([changed.__code__], timeout=10):
 
 
 def test_no_fork_in_the_pause_while_a_fork_lock_is_taken():
-    # A deadlock here would hang the program being updated: run it in a child process.
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_FORK_LOCK_TAKEN)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert (proc.returncode, proc.stdout.strip()) == (0, "refused"), proc.stderr[-2000:]
+    code, out, err = run_script(_FORK_LOCK_TAKEN)
+    assert (code, out) == (0, "refused"), err
