@@ -136,11 +136,14 @@ def measure(objects: int, trials: int, *, spin: bool) -> dict[str, Any]:
 def main() -> None:
     """Run the sizes asked for; write results/watch.json; print a table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--objects", type=int, nargs="+", default=[0, 1_000_000])
-    parser.add_argument("--trials", type=int, default=25)
+    parser.add_argument("--objects", type=int, nargs="+", default=None)
+    parser.add_argument("--trials", type=int, default=None)
     parser.add_argument("--spin", action="store_true", help="a CPU-bound thread in the program")
+    parser.add_argument("--quick", action="store_true", help="100k objects, 5 saves (for CI)")
     args = parser.parse_args()
-    rows = [measure(n, args.trials, spin=args.spin) for n in args.objects]
+    sizes = args.objects or ([0, 100_000] if args.quick else [0, 1_000_000])
+    trials = args.trials or (5 if args.quick else 25)
+    rows = [measure(n, trials, spin=args.spin) for n in sizes]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "watch.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"{'objects':>9} {'median':>8} {'p90':>8} {'update':>8} {'rehearse':>9} {'pause':>7}")
