@@ -90,11 +90,12 @@ pick_from_buffer(PyObject *objects, Py_buffer *view, Py_ssize_t offset)
 static PyObject *
 pick(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_ssize_t offset;
-    if (nargs != 3 || !PyList_Check(args[0]) || (offset = PyLong_AsSsize_t(args[2])) == -1) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "pick(objects: list, positions, offset: int)");
-        }
+    if (nargs != 3 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "pick(objects: list, positions, offset: int)");
+        return NULL;
+    }
+    Py_ssize_t offset = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
+    if (offset == -1 && PyErr_Occurred()) {
         return NULL;
     }
     Py_buffer view;
@@ -116,7 +117,8 @@ pick(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t n = PySequence_Fast_GET_SIZE(positions), size = PyList_GET_SIZE(args[0]);
     PyObject *taken = PyList_New(n);
     for (Py_ssize_t i = 0; taken != NULL && i < n; i++) {
-        Py_ssize_t at = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(positions, i));
+        Py_ssize_t at = PyNumber_AsSsize_t(PySequence_Fast_GET_ITEM(positions, i),
+                                           PyExc_IndexError);
         if (at == -1 && PyErr_Occurred()) {
             Py_CLEAR(taken);
             break;

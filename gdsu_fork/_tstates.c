@@ -171,7 +171,7 @@ arm(PyObject *module, PyObject *args)
             Py_DECREF(seq);
             return PyErr_NoMemory();
         }
-        for (Py_ssize_t i = 0; i < n_idents; i++) {
+        for (Py_ssize_t i = 0; i < n_idents && !PyErr_Occurred(); i++) {
             idents[i] = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(seq, i));
         }
         Py_DECREF(seq);

@@ -373,11 +373,16 @@ class Freezer:
         global _active
         if self.phase is Phase.OFF and _active is not self:
             return
-        self.unpark()
-        self.phase = Phase.OFF
-        self._hooks.close()
-        if _active is self:
-            _active = None
+        try:
+            self.unpark()
+        finally:  # even if the release raised (Ctrl-C in an update on the main thread)
+            self.phase = Phase.OFF
+            if self._gate is not None:  # it stopped before opening the gate
+                self._gate.open()
+                self._gate = None
+            self._hooks.close()
+            if _active is self:
+                _active = None
 
     def forget_in_child(self) -> None:
         """Drop hooks and locks inherited by a forked child, whose other threads are gone."""
@@ -395,6 +400,12 @@ def release_in_child() -> None:
     """Switch every inherited hook off in a forked child; call it first thing after the fork."""
     if _active is not None:
         _active.forget_in_child()
+
+
+# Any fork, not only the engine's: a process the program forks while an update waits or
+# pauses would otherwise keep our hooks, and its first return from changed code would park
+# it on a gate nobody opens there.
+os.register_at_fork(after_in_child=release_in_child)
 
 
 def _fork_without_warning() -> int:
@@ -518,14 +529,17 @@ class _MonitoringHooks:
     # Callbacks run in the thread that triggers them, and never re-enter themselves.
 
     def _on_return(self, code: CodeType, offset: int, retval: object) -> Any:
+        return self._leaving(sys._getframe(1))
+
+    def _leaving(self, frame: FrameType) -> None:
+        """A frame of changed code is leaving (a return, or an exception unwinding it)."""
         f = self.f
         phase = f.phase
         if _thread.get_ident() == f.updater:
             return None
         if phase is Phase.WATCH:
-            f.returned(sys._getframe(1))
+            f.returned(frame)
         elif phase is not Phase.OFF:
-            frame = sys._getframe(1)
             if phase is Phase.FROZEN or f.stack_clean(frame.f_back):
                 f.park_here(frame)
             else:
@@ -540,7 +554,7 @@ class _MonitoringHooks:
     def _on_unwind(self, code: CodeType, offset: int, exc: BaseException) -> Any:
         f = self.f
         if code in f.changed:
-            return self._on_return(code, offset, None)
+            return self._leaving(sys._getframe(1))
         return None
 
     def _on_instruction(self, code: CodeType, offset: int) -> Any:
@@ -703,7 +717,11 @@ class _TraceHooks:
 # right below them: that frame executes no more of its code, and its return event has fired.
 _HERE = Freezer.park_here.__code__.co_filename
 _RETURN_CALLBACKS = frozenset(
-    {_MonitoringHooks._on_return.__code__, _TraceHooks._on_trace_return.__code__}
+    {
+        _MonitoringHooks._on_return.__code__,
+        _MonitoringHooks._on_unwind.__code__,
+        _TraceHooks._on_trace_return.__code__,
+    }
 )
 
 

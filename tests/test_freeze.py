@@ -501,3 +501,49 @@ with paused_at_safe_point([changed.__code__], timeout=10):
 def test_no_fork_in_the_pause_while_a_fork_lock_is_taken():
     code, out, err = run_script(_FORK_LOCK_TAKEN)
     assert (code, out) == (0, "refused"), err
+
+
+_PROGRAM_FORKS_WHILE_AN_UPDATE_WAITS = """
+import os, select, sys, threading, warnings
+from gdsu_fork.freeze import open_freezer
+
+warnings.simplefilter("ignore", DeprecationWarning)  # the multi-threaded fork warning
+
+def blocking():
+    return 1
+
+def hooks_left():
+    if sys.version_info >= (3, 12):
+        return [i for i in range(6) if sys.monitoring.get_tool(i) is not None]
+    return sys.gettrace()
+
+outcome = {}
+watching = threading.Event()
+
+def program():
+    watching.wait(10)
+    pid = os.fork()
+    if pid == 0:  # a return from the changed code, then a look for our hooks
+        blocking()
+        os._exit(0 if not hooks_left() else 3)
+    if select.select([os.pidfd_open(pid)], [], [], 20)[0]:  # it exited
+        outcome["child"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        outcome["child"] = "hung"
+
+thread = threading.Thread(target=program)
+thread.start()
+with open_freezer([blocking.__code__]) as fz:
+    fz.watch([blocking.__code__], None)
+    fz.eager = True  # a return from blocking() would begin the parking
+    watching.set()
+    thread.join(30)
+print(outcome.get("child"))
+"""
+
+
+def test_a_process_the_program_forks_while_an_update_waits_is_free_of_our_hooks():
+    code, out, err = run_script(_PROGRAM_FORKS_WHILE_AN_UPDATE_WAITS)
+    assert (code, out) == (0, "0"), err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dis
 import faulthandler
 import os
@@ -17,7 +18,7 @@ import threads_support as support
 
 from gdsu_fork.errors import SafePointTimeout
 from gdsu_fork.freeze import FreezeError
-from gdsu_fork.safepoint import BlockerKind, find_blockers, paused_at_safe_point
+from gdsu_fork.safepoint import REARM_AFTER, BlockerKind, find_blockers, paused_at_safe_point
 
 Spinners, Gate, assert_still = support.Spinners, support.Gate, support.assert_still
 
@@ -43,6 +44,19 @@ def gated(gate: Gate) -> None:
     gate.inside.set()
     gate.release.wait(30)
     gate.log.append("out")
+
+
+def failing(gate: Gate) -> None:
+    """Stays inside (a changed function) until the gate opens, then leaves by an exception."""
+    gate.inside.set()
+    gate.release.wait(30)
+    gate.log.append("raised")
+    raise LookupError("leaving by an exception")
+
+
+def calls_failing(gate: Gate) -> None:
+    with contextlib.suppress(LookupError):
+        failing(gate)
 
 
 def forever(gate: Gate) -> None:
@@ -131,6 +145,25 @@ def test_waits_for_a_thread_inside_changed_code_then_freezes():
     [first] = seen
     assert [(b.kind, b.name) for b in first] == [("thread", "in-work")]
     assert any(f"{Path(__file__).name}:" in line and "gated" in line for line in first[0].stack)
+
+
+def test_a_blocker_leaving_by_an_exception_ends_the_wait_at_once():
+    gate = Gate(calls_failing, "raising").start()
+    opened: list[float] = []
+
+    def on_blocked(_) -> None:
+        opened.append(time.monotonic())
+        gate.open()
+
+    def update() -> tuple[float, list[str]]:
+        with paused_at_safe_point([failing.__code__], timeout=10, on_blocked=on_blocked):
+            return time.monotonic(), list(gate.log)
+
+    frozen, log = finish(*run_updater(update))
+    gate.close()
+    assert log == ["raised"], "frozen while a thread was still inside changed code"
+    # its unwind notified the wait: no falling back on the slow re-look (safepoint.REARM_AFTER)
+    assert frozen - opened[0] < REARM_AFTER / 2
 
 
 def test_threads_entering_changed_code_during_the_wait_are_waited_for():
