@@ -176,6 +176,19 @@ class BulkMigration:
             changed={i: v for i, v in self.changed.items() if i in chosen},
         )
 
+    def sample(self) -> BulkMigration:
+        """The first instance of each group (same tables). The instances of a group share their
+        old class, new class and deleted names: a commit that fails for one of them fails for
+        the first, so a rehearsal with no validation of instances tries only these."""
+        groups = {key: group[:1] for key, group in self.groups.items() if group}
+        firsts = {group[0] for group in groups.values()}
+        return BulkMigration(
+            classes=self.classes,
+            removals=self.removals,
+            groups=groups,
+            changed={i: v for i, v in self.changed.items() if i in firsts},
+        )
+
     def without(self, positions: Iterable[int]) -> BulkMigration:
         """A copy without the entries of the instances at `positions` (same tables); the
         groups' positions are sorted, so each group is cut with slices, not scanned."""

@@ -133,7 +133,8 @@ def apply_delta(delta: Delta, objects: Listing, *, reused: bool = True) -> None:
 
     `objects` is the list the bulk migrations' indices refer to (see bulk.py). `reused`: apply
     the migrations taken from the rehearsal too (the pause child leaves them out when no
-    validation looks at instances: the rehearsal applied them to the same, unchanged objects).
+    validation looks at instances: the rehearsal tried each group's change on the same, unchanged
+    objects, and the commit undoes everything should an instance still refuse).
     """
     undo = apply_ops(delta.ops)
     applied: list[AppliedBulk] = []

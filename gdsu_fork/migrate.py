@@ -16,8 +16,9 @@ from array import array
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import _migrate
 from .analysis import subclasses_of
-from .bulk import BulkMigration, Listing, diff_state, diff_values
+from .bulk import BulkMigration, FromAttr, Listing, diff_state, diff_values
 from .delta import OpKind
 from .env import Env, blank, slot_names
 from .errors import UpdateRefused, short_repr
@@ -61,6 +62,9 @@ def _reads_new(policy: Any) -> bool:
 _LOCAL_OPCODES = frozenset(dis.haslocal)
 
 
+_FINISH = 3  # the C loop called the policy and hands the result over (see _migrate.c)
+
+
 class _Draft:
     """Collects the fields of a tuple-based instance (a NamedTuple), built once they are known."""
 
@@ -85,6 +89,19 @@ class _ClassPlan:
     groups: dict[tuple[type, tuple[str, ...]], array] = dataclasses.field(default_factory=dict)
     checked: set[type] = dataclasses.field(default_factory=set)  # result classes found valid
     pairs: list[tuple[Any, type, dict[str, Any], Any]] = dataclasses.field(default_factory=list)
+
+    def fast_entry(self) -> tuple[Any, ...]:
+        """What the C loop (`_migrate.run`) needs of a fast plan; the containers are shared,
+        so what the Python code adds to them (a checked class, a group) the loop sees."""
+        return (
+            self.target.__new__ if self.wants_new else None,
+            self.target,
+            self.dropped or None,
+            self.policy,
+            self.checked,
+            self.groups,
+            self.pairs,
+        )
 
 
 class Migration:
@@ -119,6 +136,7 @@ class Migration:
         self.count = 0
         self.reused = 0
         self._plans: dict[type, _ClassPlan] = {}
+        self._fast: dict[type, tuple[Any, ...]] = {}  # fast plans, as the C loop reads them
         self._affected: set[type] = set()
         env.removed_fields = self.removed_fields  # type: ignore[method-assign]
 
@@ -197,7 +215,7 @@ class Migration:
         the ones migrated here."""
         for cls in bulk.old_classes():
             if cls not in self._plans:
-                self._plans[cls] = self._plan(cls)
+                self._plan_of(cls)
         if self.keep_pairs:
             self._pair_reused(objects, bulk)
         self.count += len(bulk)
@@ -221,82 +239,113 @@ class Migration:
 
     def migrate_positions(self, objects: Listing, positions: Sequence[int]) -> None:
         """The loop over `positions` (sorted), after `begin`. It is the hot path of a large
-        migration: plain instances (a `__dict__`, no slots, same layout) take an inlined path
-        straight into the bulk delta."""
-        affected, plans = self._affected, self._plans
-        env, bulk, replacements, keep = (
-            self.env,
-            self.bulk,
-            self.merge.replacements,
-            self.merge.keep,
-        )
-        keep_pairs = self.keep_pairs
-        for index, obj in zip(positions, objects.take(positions), strict=True):
-            cls = type(obj)
-            plan = plans.get(cls)
-            if plan is None:
-                if cls not in affected:
-                    continue
-                plan = plans[cls] = self._plan(cls)
-            if not plan.fast:
-                self._migrate_one(index, obj, plan)
-                continue
-            old_state = obj.__dict__
-            if plan.wants_new:
-                new = plan.target.__new__(plan.target)
-                dropped = plan.dropped
-                new.__dict__.update(
-                    {k: v for k, v in old_state.items() if k not in dropped}
-                    if dropped
-                    else old_state
-                )
-            else:
-                new = None
+        migration: plain instances (a `__dict__`, no slots, same layout) go through a C loop
+        (`_migrate.run`) straight into the bulk delta; it hands back to `_migrate_whole` and
+        `_finish` what it has not seen yet (a new class, result class or group)."""
+        taken = objects.take(positions)
+        cursor = [0, 0]  # where the C loop stopped, how many it migrated
+        while True:
             try:
-                result = plan.policy(obj, new, env) if plan.policy is not None else new
+                stop = _migrate.run(
+                    cursor,
+                    taken,
+                    positions,
+                    self._fast,
+                    self._affected,
+                    self.env,
+                    self.merge.replacements,
+                    self.merge.keep,
+                    self.bulk.changed,
+                    FromAttr,
+                    self.keep_pairs,
+                )
             except Exception as exc:
-                exc.add_note(
-                    f"while migrating {qualified(cls)} instance #{self.count + 1}: {short_repr(obj)}"
-                )
+                at, self.count = cursor[0], self.count + cursor[1]
+                self._note(exc, taken[at])
                 raise
-            result_class = type(result)
-            if result_class not in plan.checked:
-                self._check_result(obj, result, plan)
-            result_state = getattr(result, "__dict__", None)
-            if result_state is None:  # e.g. a slotted class of the new version
-                plan.pairs.append(
-                    (obj, cls, dict(old_state), self._record(index, obj, plan, result))
-                )
-                self.count += 1
-                continue
-            if result is not obj:
-                replacements[id(result)] = obj
-                keep.append(result)
-            removed = (
-                ()
-                if old_state.keys() <= result_state.keys()
-                else tuple(k for k in old_state if k not in result_state)
+            at, self.count = cursor[0], self.count + cursor[1]
+            if stop is None:
+                break
+            status, result = stop
+            obj = taken[at]
+            plan = self._plans.get(type(obj))
+            if status == _FINISH and plan is not None:
+                self._finish(positions[at], obj, plan, obj.__dict__, result)
+                cursor[0] = at + 1
+            else:
+                cursor[0] = at + self._migrate_whole(positions[at], obj)
+        for plan in self._plans.values():
+            self.env.record_pairs(plan.names, plan.pairs)
+            plan.pairs.clear()
+
+    def _migrate_whole(self, index: int, obj: Any) -> int:
+        """An affected instance the C loop has no fast plan for. Returns 0 if it now has one
+        (the loop takes the instance again), 1 if migrated here."""
+        cls = type(obj)
+        plan = self._plans.get(cls)
+        if plan is None:
+            plan = self._plan_of(cls)
+            if plan.fast:
+                return 0
+        if not plan.fast:
+            self._migrate_one(index, obj, plan)
+            return 1
+        old_state = obj.__dict__
+        if plan.wants_new:
+            new = plan.target.__new__(plan.target)
+            dropped = plan.dropped
+            new.__dict__.update(
+                {k: v for k, v in old_state.items() if k not in dropped} if dropped else old_state
             )
-            changed = diff_values(old_state, result_state)
-            if changed:
-                bulk.changed[index] = (changed, removed)
-                removed = ()
-            group = plan.groups.get((result_class, removed))
-            if group is None:
-                group = plan.groups[(result_class, removed)] = bulk.group(
-                    cls, None if result_class is plan.same_as else result_class, removed
-                )
-            group.append(index)
-            if keep_pairs:
-                # a changed instance gets a new __dict__ (this one stays the old state); one that
-                # only loses attributes loses them in place
-                plan.pairs.append(
-                    (obj, cls, dict(old_state) if removed and not changed else old_state, obj)
-                )
+        else:
+            new = None
+        try:
+            result = plan.policy(obj, new, self.env) if plan.policy is not None else new
+        except Exception as exc:
+            self._note(exc, obj)
+            raise
+        self._finish(index, obj, plan, old_state, result)
+        return 1
+
+    def _note(self, exc: Exception, obj: Any) -> None:
+        exc.add_note(
+            f"while migrating {qualified(type(obj))} instance #{self.count + 1}: {short_repr(obj)}"
+        )
+
+    def _finish(
+        self, index: int, obj: Any, plan: _ClassPlan, old_state: dict[str, Any], result: Any
+    ) -> None:
+        """Record a plain instance's migration to `result` (the policy's answer)."""
+        result_class = type(result)
+        if result_class not in plan.checked:
+            self._check_result(obj, result, plan)
+        result_state = getattr(result, "__dict__", None)
+        if result_state is None:  # e.g. a slotted class of the new version
+            plan.pairs.append(
+                (obj, plan.cls, dict(old_state), self._record(index, obj, plan, result))
+            )
             self.count += 1
-        for plan in plans.values():
-            env.record_pairs(plan.names, plan.pairs)
-            plan.pairs = []
+            return
+        if result is not obj:
+            self.merge.replacements[id(result)] = obj
+            self.merge.keep.append(result)
+        removed = tuple(k for k in old_state if k not in result_state)
+        changed = diff_values(old_state, result_state)
+        if changed:
+            self.bulk.changed[index] = (changed, removed)
+            removed = ()
+        group = plan.groups.get((result_class, removed))
+        if group is None:
+            group = plan.groups[(result_class, removed)] = self.bulk.group(
+                plan.cls, None if result_class is plan.same_as else result_class, removed
+            )
+        group.append(index)
+        if self.keep_pairs:
+            # a changed instance gets a new __dict__ (this one stays the old state); one that
+            # only loses attributes loses them in place
+            state = dict(old_state) if removed and not changed else old_state
+            plan.pairs.append((obj, plan.cls, state, obj))
+        self.count += 1
 
     def _pair_reused(self, objects: Listing, bulk: BulkMigration) -> None:
         """env.pairs entries for migrations made elsewhere (the rehearsal, a sibling), before
@@ -306,7 +355,7 @@ class Migration:
         for (_, _, removed), group in bulk.groups.items():
             instances = objects.take(group)
             cls = type(instances[0])
-            plan = self._plans.get(cls) or self._plans.setdefault(cls, self._plan(cls))
+            plan = self._plans.get(cls) or self._plan_of(cls)
             states = map(dict, map(vars, instances)) if removed else map(vars, instances)
             self.env.record_pairs(
                 plan.names, [(o, cls, s, o) for o, s in zip(instances, states, strict=True)]
@@ -331,6 +380,13 @@ class Migration:
         if self.keep_pairs:
             plan.pairs.append((obj, plan.cls, old_state, migrated))
         self.count += 1
+
+    def _plan_of(self, cls: type) -> _ClassPlan:
+        """The plan of `cls`, made now (and given to the C loop if fast)."""
+        plan = self._plans[cls] = self._plan(cls)
+        if plan.fast:
+            self._fast[cls] = plan.fast_entry()
+        return plan
 
     def _plan(self, cls: type) -> _ClassPlan:
         """Everything about migrating instances of `cls` that does not depend on the instance."""

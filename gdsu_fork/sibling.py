@@ -71,5 +71,7 @@ def _migrate_half(
     if len(merge.ops) > ops or len(merge.refusals) > refusals or rewrites.pairs:
         return b""  # assignments or reference rewrites: only the update child can make them
     bulk = migration.bulk
-    made = delta.young_object_ids() | {id(c) for c in bulk.containers()}
+    made = {id(c) for c in bulk.containers()}
+    if bulk.has_tracked_values(merge.replacements):  # a value may be an object made here
+        made |= delta.young_object_ids()
     return byname.dumps(bulk, made, merge.replacements) or b""

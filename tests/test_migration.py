@@ -33,6 +33,34 @@ def test_added_renamed_removed_fields(scenario):
     assert isinstance(first, mod.Account)
 
 
+def test_thousands_of_instances_each_migrate_by_their_own_state(scenario):
+    """The migration's loop repeats what it decided for the first instances of each shape."""
+    scn = scenario("mig_fields")
+    mod = scn.module
+    accounts = [mod.Account(f"o{i}", i * 1_000, legacy=f"l{i}") for i in range(3_000)]
+    for i, account in enumerate(accounts):
+        if i % 3 == 1:
+            account.note = f"n{i}"  # not declared by either version: kept
+        elif i % 3 == 2:
+            account.legacy = account.amount  # the renamed value, under a dropped name too
+    ids = list(map(id, accounts))
+    name = f"{scn.module_name}:Account"
+    extra = (
+        f"patch.migrate({name!r}, policies.Rename(amount='balance')"
+        " | policies.AddDefault('currency', 'EUR')"
+        " | policies.AddDefault('tags', factory=list)"
+        " | policies.Drop('legacy'))\n"
+    )
+    report = committed(gdsu_fork.update(scn.patch_file(extra=extra)))
+    assert report.migrated == len(accounts) and list(map(id, accounts)) == ids
+    for i, account in enumerate(accounts):
+        expected = {"owner": f"o{i}", "balance": i * 1_000, "currency": "EUR", "tags": []}
+        if i % 3 == 1:
+            expected["note"] = f"n{i}"
+        assert vars(account) == expected and type(account) is mod.Account
+    assert len({id(a.tags) for a in accounts}) == len(accounts)
+
+
 def test_removed_field_is_dropped_by_the_default_policy(scenario):
     scn = scenario("mig_fields")
     account = scn.module.Account("ada", 10, legacy="x")
@@ -149,6 +177,7 @@ def test_migration_raising_on_the_70000th_instance_changes_nothing(scenario):
     )
     report = gdsu_fork.update(scn.patch_file(extra=extra), timeout=60)
     assert report.outcome == Outcome.DISCARDED and "instance 70000 is corrupt" in report.reason
+    assert "ChMessage instance #70000" in report.reason
     assert all(type(m) is mod.ChMessage for m in messages)
     assert vars(messages[69_999]) == {"sender": "u69999", "room": room, "text": "t69999"}
 
