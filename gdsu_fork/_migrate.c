@@ -19,11 +19,6 @@ enum { P_NEW, P_TARGET, P_DROPPED, P_POLICY, P_CHECKED, P_GROUPS, P_PAIRS, P_SIZ
 /* What became of one instance: the last two stop the loop (see run). */
 enum { SKIPPED, MIGRATED, WHOLE, FINISH };
 
-typedef struct {
-    PyObject *env, *replacements, *keep, *changed, *from_attr;
-    int keep_pairs;
-} Sinks;
-
 /* The blank instance of the plan's class holding the old fields it still declares; NULL with
    no exception set when it has no plain __dict__ (the Python code then takes the instance). */
 static PyObject *
@@ -62,27 +57,6 @@ by_name(PyObject *plan, PyObject *old_state)
         Py_CLEAR(new);
     }
     return new;
-}
-
-/* The old field names `result_state` lacks, in order (the empty tuple if none). */
-static PyObject *
-removed_names(PyObject *old_state, PyObject *result_state)
-{
-    PyObject *names = PyList_New(0), *key, *value;
-    Py_ssize_t pos = 0;
-    if (names == NULL) {
-        return NULL;
-    }
-    while (PyDict_Next(old_state, &pos, &key, &value)) {
-        int kept = PyDict_Contains(result_state, key);
-        if (kept < 0 || (!kept && PyList_Append(names, key) < 0)) {
-            Py_DECREF(names);
-            return NULL;
-        }
-    }
-    PyObject *removed = PyList_GET_SIZE(names) ? PyList_AsTuple(names) : Py_NewRef(empty_tuple);
-    Py_DECREF(names);
-    return removed;
 }
 
 /* bulk.diff_values: the values of `result_state` that are not the old ones (by identity), a
@@ -124,61 +98,299 @@ error:
     return NULL;
 }
 
-/* Record how `obj` (at `index`, of class `cls`) becomes `result`, whose class the plan checked
-   and whose __dict__ is `result_state`. Returns 1 if recorded, 0 if the instance's group does not
-   exist yet (nothing recorded), -1 on an error. */
+/* ---- where each instance's position goes: the bulk's groups --------------------------------- */
+
+/* The positions being migrated: a range (the rehearsal's), an int64 buffer or any sequence. */
+typedef struct {
+    PyObject *sequence;
+    Py_buffer view;  /* view.buf != NULL: an int64 buffer */
+    long long start, step;
+    int is_range;
+} Positions;
+
 static int
-record(Sinks *sinks, PyObject *plan, PyObject *positions, Py_ssize_t i, PyObject *obj,
-       PyObject *cls, PyObject *old_state, PyObject *result, PyObject *result_state)
+positions_open(Positions *p, PyObject *sequence)
 {
-    int outcome = -1;
-    PyObject *removed = NULL, *changed = NULL, *group_key = NULL, *index = NULL;
-    if ((removed = removed_names(old_state, result_state)) == NULL) {
+    memset(p, 0, sizeof(*p));
+    p->sequence = sequence;
+    if (PyRange_Check(sequence)) {
+        PyObject *start = PyObject_GetAttrString(sequence, "start");
+        PyObject *step = start == NULL ? NULL : PyObject_GetAttrString(sequence, "step");
+        p->start = start == NULL ? -1 : PyLong_AsLongLong(start);
+        p->step = step == NULL ? -1 : PyLong_AsLongLong(step);
+        Py_XDECREF(start);
+        Py_XDECREF(step);
+        p->is_range = 1;
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    if (PyObject_CheckBuffer(sequence)
+        && PyObject_GetBuffer(sequence, &p->view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) == 0) {
+        if (p->view.format != NULL && p->view.itemsize == sizeof(long long)
+            && (p->view.format[0] == 'q' || p->view.format[0] == 'l')) {
+            return 0;
+        }
+        PyBuffer_Release(&p->view);  /* another item type: read it as a sequence */
+        p->view.buf = NULL;
+    }
+    PyErr_Clear();
+    return 0;
+}
+
+static void
+positions_close(Positions *p)
+{
+    if (p->view.buf != NULL) {
+        PyBuffer_Release(&p->view);
+    }
+}
+
+static int
+position_at(Positions *p, Py_ssize_t i, long long *out)
+{
+    if (p->is_range) {
+        *out = p->start + (long long)i * p->step;
+        return 0;
+    }
+    if (p->view.buf != NULL) {
+        if (i >= p->view.len / (Py_ssize_t)sizeof(long long)) {
+            PyErr_SetString(PyExc_IndexError, "fewer positions than objects");
+            return -1;
+        }
+        *out = ((const long long *)p->view.buf)[i];
+        return 0;
+    }
+    PyObject *item = PySequence_GetItem(p->sequence, i);
+    if (item == NULL) {
         return -1;
     }
-    changed = changed_values(old_state, result_state, sinks->from_attr);
+    *out = PyLong_AsLongLong(item);
+    Py_DECREF(item);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* A group seen in this call: instances of `plan` whose result is of class `result_class` and
+   which lose `removed`, with the positions appended to it since (written out by flush). */
+typedef struct {
+    PyObject *plan, *result_class, *removed, *group;  /* strong references */
+    long long *positions;
+    Py_ssize_t len, cap;
+} Route;
+
+#define MAX_ROUTES 16
+#define MAX_REMOVED 32
+
+typedef struct {
+    Route items[MAX_ROUTES];
+    int n;
+} Routes;
+
+/* Append the buffered positions to their groups (array.frombytes): before the Python code sees
+   the groups again, so that each stays in position order. */
+static int
+routes_flush(Routes *routes)
+{
+    for (int r = 0; r < routes->n; r++) {
+        Route *route = &routes->items[r];
+        if (route->len == 0) {
+            continue;
+        }
+        PyObject *data = PyBytes_FromStringAndSize(
+            (const char *)route->positions, route->len * (Py_ssize_t)sizeof(long long));
+        PyObject *done = data == NULL ? NULL
+                                      : PyObject_CallMethod(route->group, "frombytes", "O", data);
+        Py_XDECREF(data);
+        if (done == NULL) {
+            return -1;
+        }
+        Py_DECREF(done);
+        route->len = 0;
+    }
+    return 0;
+}
+
+static void
+routes_release(Routes *routes)
+{
+    for (int r = 0; r < routes->n; r++) {
+        Route *route = &routes->items[r];
+        Py_DECREF(route->plan);
+        Py_DECREF(route->result_class);
+        Py_DECREF(route->removed);
+        Py_DECREF(route->group);
+        PyMem_Free(route->positions);
+    }
+    routes->n = 0;
+}
+
+static int
+route_push(Route *route, long long position)
+{
+    if (route->len == route->cap) {
+        Py_ssize_t cap = route->cap ? route->cap * 2 : 1024;
+        long long *grown = PyMem_Realloc(route->positions, (size_t)cap * sizeof(long long));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        route->positions = grown;
+        route->cap = cap;
+    }
+    route->positions[route->len++] = position;
+    return 0;
+}
+
+/* The route of an instance of `plan` whose result is of class `result_class` and which loses
+   the n names in `removed` (in the old state's order), found by identity. */
+static Route *
+route_find(Routes *routes, PyObject *plan, PyObject *result_class, PyObject **removed,
+           Py_ssize_t n)
+{
+    for (int r = 0; r < routes->n; r++) {
+        Route *route = &routes->items[r];
+        if (route->plan != plan || route->result_class != result_class
+            || PyTuple_GET_SIZE(route->removed) != n) {
+            continue;
+        }
+        Py_ssize_t k = 0;
+        while (k < n && PyTuple_GET_ITEM(route->removed, k) == removed[k]) {
+            k++;
+        }
+        if (k == n) {
+            return route;
+        }
+    }
+    return NULL;
+}
+
+/* The route to the group that the plan's `groups` dict holds for (result_class, removed),
+   made if there is room; NULL with no exception set when the group does not exist yet, or
+   when there is no room (then *group is set: append to it directly). */
+static Route *
+route_add(Routes *routes, PyObject *plan, PyObject *result_class, PyObject *removed,
+          PyObject **group)
+{
+    PyObject *key = PyTuple_Pack(2, result_class, removed);
+    if (key == NULL) {
+        return NULL;
+    }
+    *group = PyDict_GetItemWithError(PyTuple_GET_ITEM(plan, P_GROUPS), key);
+    Py_DECREF(key);
+    if (*group == NULL) {
+        return NULL;
+    }
+    for (int r = 0; r < routes->n; r++) {  /* the same group under names equal but not identical */
+        if (routes->items[r].group == *group) {
+            return &routes->items[r];
+        }
+    }
+    if (routes->n == MAX_ROUTES) {
+        return NULL;
+    }
+    Route *route = &routes->items[routes->n++];
+    route->plan = Py_NewRef(plan);
+    route->result_class = Py_NewRef(result_class);
+    route->removed = Py_NewRef(removed);
+    route->group = Py_NewRef(*group);
+    route->positions = NULL;
+    route->len = route->cap = 0;
+    return route;
+}
+
+/* One call's state: where results go, and the positions being migrated. */
+typedef struct {
+    PyObject *env, *replacements, *keep, *changed, *from_attr;
+    int keep_pairs;
+    Positions positions;
+    Routes routes;
+} Loop;
+
+static PyObject *
+as_tuple(PyObject **items, Py_ssize_t n)
+{
+    PyObject *tuple = PyTuple_New(n);
+    for (Py_ssize_t k = 0; tuple != NULL && k < n; k++) {
+        PyTuple_SET_ITEM(tuple, k, Py_NewRef(items[k]));
+    }
+    return tuple;
+}
+
+/* Record how `obj` (at position `position`, of class `cls`) becomes `result`, whose class the
+   plan checked and whose __dict__ is `result_state`. Returns 1 if recorded, 0 if the instance's
+   group does not exist yet or the Python code must take it (nothing recorded), -1 on an error. */
+static int
+record(Loop *loop, PyObject *plan, long long position, PyObject *obj, PyObject *cls,
+       PyObject *old_state, PyObject *result, PyObject *result_state)
+{
+    Routes *routes = &loop->routes;
+    PyObject *missing[MAX_REMOVED], *key, *value;
+    Py_ssize_t n_missing = 0, pos = 0;
+    while (PyDict_Next(old_state, &pos, &key, &value)) {
+        int kept = PyDict_Contains(result_state, key);
+        if (kept < 0) {
+            return -1;
+        }
+        if (!kept) {
+            if (n_missing == MAX_REMOVED) {
+                return 0;  /* an unusual shape: the Python code takes it */
+            }
+            missing[n_missing++] = key;
+        }
+    }
+    PyObject *changed = changed_values(old_state, result_state, loop->from_attr);
     if (changed == NULL && PyErr_Occurred()) {
-        goto done;
+        return -1;
     }
-    group_key = PyTuple_Pack(2, (PyObject *)Py_TYPE(result), changed ? empty_tuple : removed);
-    if (group_key == NULL) {
-        goto done;
+    int outcome = -1;
+    PyObject *removed = NULL, *group = NULL, *result_class = (PyObject *)Py_TYPE(result);
+    Py_ssize_t n_key = changed ? 0 : n_missing;  /* a changed state gets a new __dict__ */
+    if (changed != NULL || n_missing) {
+        if ((removed = as_tuple(missing, n_missing)) == NULL) {
+            goto done;
+        }
     }
-    PyObject *group = PyDict_GetItemWithError(PyTuple_GET_ITEM(plan, P_GROUPS), group_key);
-    if (group == NULL) {
-        outcome = PyErr_Occurred() ? -1 : 0;
-        goto done;
-    }
-    if ((index = PySequence_GetItem(positions, i)) == NULL) {
-        goto done;
+    Route *route = route_find(routes, plan, result_class, missing, n_key);
+    if (route == NULL) {
+        route = route_add(routes, plan, result_class, n_key ? removed : empty_tuple, &group);
+        if (route == NULL && group == NULL) {
+            outcome = PyErr_Occurred() ? -1 : 0;
+            goto done;
+        }
     }
     if (result != obj) {  /* the new object becomes the old one (merge.py) */
         PyObject *id = PyLong_FromVoidPtr(result);
-        int failed = id == NULL || PyDict_SetItem(sinks->replacements, id, obj) < 0
-                     || PyList_Append(sinks->keep, result) < 0;
+        int failed = id == NULL || PyDict_SetItem(loop->replacements, id, obj) < 0
+                     || PyList_Append(loop->keep, result) < 0;
         Py_XDECREF(id);
         if (failed) {
             goto done;
         }
     }
-    if (changed != NULL) {
-        PyObject *entry = PyTuple_Pack(2, changed, removed);
-        int failed = entry == NULL || PyDict_SetItem(sinks->changed, index, entry) < 0;
+    if (changed != NULL || route == NULL) {
+        PyObject *index = PyLong_FromLongLong(position), *entry = NULL, *appended = NULL;
+        int failed = index == NULL;
+        if (!failed && changed != NULL) {
+            entry = PyTuple_Pack(2, changed, removed);
+            failed = entry == NULL || PyDict_SetItem(loop->changed, index, entry) < 0;
+        }
+        if (!failed && route == NULL) {
+            appended = PyObject_CallMethodOneArg(group, str_append, index);
+            failed = appended == NULL;
+        }
+        Py_XDECREF(index);
         Py_XDECREF(entry);
+        Py_XDECREF(appended);
         if (failed) {
             goto done;
         }
     }
-    PyObject *appended = PyObject_CallMethodOneArg(group, str_append, index);
-    if (appended == NULL) {
+    if (route != NULL && route_push(route, position) < 0) {
         goto done;
     }
-    Py_DECREF(appended);
-    if (sinks->keep_pairs) {
+    if (loop->keep_pairs) {
         /* a changed instance gets a new __dict__ (this one stays the old state); one that only
            loses attributes loses them in place: its old state is a copy */
-        PyObject *state = PyTuple_GET_SIZE(removed) && changed == NULL ? PyDict_Copy(old_state)
-                                                                     : Py_NewRef(old_state);
+        PyObject *state = n_missing && changed == NULL ? PyDict_Copy(old_state)
+                                                       : Py_NewRef(old_state);
         PyObject *pair = state == NULL ? NULL : PyTuple_Pack(4, obj, cls, state, obj);
         int failed = pair == NULL || PyList_Append(PyTuple_GET_ITEM(plan, P_PAIRS), pair) < 0;
         Py_XDECREF(state);
@@ -191,16 +403,14 @@ record(Sinks *sinks, PyObject *plan, PyObject *positions, Py_ssize_t i, PyObject
 done:
     Py_XDECREF(removed);
     Py_XDECREF(changed);
-    Py_XDECREF(group_key);
-    Py_XDECREF(index);
     return outcome;
 }
 
 /* One instance: SKIPPED (not affected), MIGRATED, WHOLE or FINISH (with *result set) when the
    Python code must take it, -1 on an error. */
 static int
-migrate_one(Sinks *sinks, PyObject *plans, PyObject *affected, PyObject *positions,
-            Py_ssize_t i, PyObject *obj, PyObject **result)
+migrate_one(Loop *loop, PyObject *plans, PyObject *affected, Py_ssize_t i, PyObject *obj,
+            PyObject **result)
 {
     PyObject *cls = (PyObject *)Py_TYPE(obj);
     PyObject *plan = PyDict_GetItemWithError(plans, cls);
@@ -229,7 +439,7 @@ migrate_one(Sinks *sinks, PyObject *plans, PyObject *affected, PyObject *positio
         *result = Py_NewRef(new);
     }
     else {
-        PyObject *args[3] = {obj, new, sinks->env};
+        PyObject *args[3] = {obj, new, loop->env};
         if ((*result = PyObject_Vectorcall(policy, args, 3, NULL)) == NULL) {
             outcome = -1;
             goto done;
@@ -250,9 +460,12 @@ migrate_one(Sinks *sinks, PyObject *plans, PyObject *affected, PyObject *positio
         }
         goto done;
     }
-    if (PyDict_CheckExact(result_state)) {
-        int recorded = record(sinks, plan, positions, i, obj, cls, old_state, *result,
-                              result_state);
+    long long position;
+    if (position_at(&loop->positions, i, &position) < 0) {
+        outcome = -1;
+    }
+    else if (PyDict_CheckExact(result_state)) {
+        int recorded = record(loop, plan, position, obj, cls, old_state, *result, result_state);
         outcome = recorded < 0 ? -1 : recorded ? MIGRATED : FINISH;
     }
 done:
@@ -286,10 +499,11 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                         "keep_pairs: bool)");
         return NULL;
     }
-    PyObject *cursor = args[0], *taken = args[1], *positions = args[2];
-    Sinks sinks = {args[5], args[6], args[7], args[8], args[9], PyObject_IsTrue(args[10])};
+    PyObject *cursor = args[0], *taken = args[1];
+    Loop loop = {args[5], args[6], args[7], args[8], args[9], PyObject_IsTrue(args[10])};
     Py_ssize_t i = PyLong_AsSsize_t(PyList_GET_ITEM(cursor, 0));
-    if (sinks.keep_pairs < 0 || (i == -1 && PyErr_Occurred())) {
+    if (loop.keep_pairs < 0 || (i == -1 && PyErr_Occurred())
+        || positions_open(&loop.positions, args[2]) < 0) {
         return NULL;
     }
     Py_ssize_t migrated = 0, n = PyList_GET_SIZE(taken);
@@ -297,7 +511,7 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *result = NULL;
     for (; i < n; i++) {
         PyObject *obj = Py_NewRef(PyList_GET_ITEM(taken, i));  /* the policy could drop the list's */
-        status = migrate_one(&sinks, args[3], args[4], positions, i, obj, &result);
+        status = migrate_one(&loop, args[3], args[4], i, obj, &result);
         Py_DECREF(obj);
         if (status == MIGRATED) {
             migrated++;
@@ -306,6 +520,13 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             break;
         }
     }
+    /* the groups get their positions even when stopping on an error: what was recorded stays
+       consistent (the Python code then adds its note and the update is refused) */
+    if (routes_flush(&loop.routes) < 0 && status >= 0) {
+        status = -1;
+    }
+    routes_release(&loop.routes);
+    positions_close(&loop.positions);
     PyObject *at = PyLong_FromSsize_t(i), *count = PyLong_FromSsize_t(migrated);
     if (at == NULL || count == NULL) {
         Py_XDECREF(at);
@@ -313,8 +534,10 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_XDECREF(result);
         return NULL;
     }
-    /* PyList_SetItem takes the reference, even when it fails */
-    if (PyList_SetItem(cursor, 0, at) < 0 || PyList_SetItem(cursor, 1, count) < 0 || status < 0) {
+    /* cursor is a list of two: PyList_SetItem cannot fail (and takes the references) */
+    PyList_SetItem(cursor, 0, at);
+    PyList_SetItem(cursor, 1, count);
+    if (status < 0) {
         Py_XDECREF(result);
         return NULL;
     }

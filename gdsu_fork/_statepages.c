@@ -526,6 +526,8 @@ PyDoc_STRVAR(state_pages_doc,
 For each object, the sorted unique 4 KiB page numbers of the bytes holding its own state, as two\n\
 native uint64 arrays: all pages concatenated, and n+1 start offsets into them.");
 
+#define PREFETCH_AHEAD 8
+
 static PyObject *
 state_pages(PyObject *Py_UNUSED(module), PyObject *objects)
 {
@@ -551,6 +553,11 @@ state_pages(PyObject *Py_UNUSED(module), PyObject *objects)
         start[i] = b.len;
         Ranges r;
         r.n = 0;
+        if (i + PREFETCH_AHEAD < n) {  /* memory latency dominates: ask early for what follows */
+            const char *next = (const char *)items[i + PREFETCH_AHEAD];
+            __builtin_prefetch(next - 2 * PTR_SIZE);  /* pre-header (managed dict or values) */
+            __builtin_prefetch(next + PTR_SIZE);      /* its type and size */
+        }
         object_ranges(items[i], &r, &kc);
         for (int k = 0; k < r.n; k++) {
             if (add_range(&b, r.lo[k], r.hi[k]) < 0) {

@@ -278,6 +278,8 @@ def start_forked(
 ) -> Running:
     """Fork and start `work` in the child; the caller goes on and `wait`s for the answer later
     (see `run_forked` for the arguments)."""
+    if snapshot:
+        cow.supported()  # once per process; its self-test forks: here, not in every child
     read_fd, write_fd = os.pipe()
     release_read, release_write = os.pipe() if snapshot else (None, None)
     started = time.monotonic()
