@@ -12,7 +12,8 @@ reference), then fork nothing else until the pause has read `written`. A page wr
 two forks reads as clean while the rehearsal child still maps it, and that child saw the write; a
 sentinel forked after the rehearsal child would hide such writes. A fork by the program itself
 after the rehearsal child hides the writes made before it for as long as its child lives: a
-`ForkCanary` armed right after the rehearsal fork tells whether that happened.
+`ForkCanary` made before the rehearsal fork and armed right after it tells whether that happened
+(and checks that this kernel tells written pages at all).
 
 Take `state_pages` of the objects after the rehearsal fork (in the parent or in the child: the
 child's memory is the fork-time layout; taken before the fork, a dict materialized in between
@@ -180,28 +181,38 @@ def open_sentinel() -> Sentinel:
 
 
 class ForkCanary(_Closing):
-    """A private page that tells whether this process forked again since `arm()`.
+    """Two private pages, made before the reference fork: at that fork they check that the kernel
+    tells written pages here, and later whether this process forked again since.
 
-    Armed (written) right after the reference fork, the page is this process's alone; a later fork
-    shares it with the new child for as long as that child lives, and with it every page written
-    since, which would then read as clean. The page is an anonymous mapping of its own, which no
-    other code writes.
+    Right after the reference fork (the rehearsal child's), both pages are shared with the child,
+    so neither reads as written; `arm()` writes the first, which must then read as written while
+    its neighbour does not (gVisor and some kernels do not report bit 56). A later fork shares the
+    first page with the new child for as long as that child lives, and with it every page written
+    since, which would then read as clean: the page reads as not written again. The pages are an
+    anonymous mapping of their own, which no other code writes.
     """
 
     def __init__(self) -> None:
-        self._page = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE)
-        self._pages = array("Q", [_ext().buffer_address(self._page) // PAGE_SIZE])
+        self._page = mmap.mmap(-1, 2 * PAGE_SIZE, flags=mmap.MAP_PRIVATE)
+        self._page[0] = self._page[PAGE_SIZE] = 1  # both present at the fork
+        first = _ext().buffer_address(self._page) // PAGE_SIZE
+        self._pages = array("Q", [first, first + 1])
+        self._works = False
 
     def arm(self) -> None:
-        """Call right after the reference fork (the rehearsal child's)."""
-        self._page[0] = (self._page[0] + 1) % 256
+        """Call right after the reference fork."""
+        if written(self._pages) != b"\x00\x00":
+            return  # not shared with the child: written pages cannot be told apart
+        self._page[0] = 2
+        self._works = written(self._pages) == b"\x01\x00"
 
     def forked_since(self) -> bool:
-        """Whether a process forked since `arm()` still lives: `dirty` cannot be trusted then."""
-        return written(self._pages) != b"\x01"
+        """Whether a process forked since `arm()` still lives, or writes cannot be told here:
+        `dirty` cannot be trusted then."""
+        return not self._works or written(self._pages[:1]) != b"\x01"
 
     def close(self) -> None:
-        """Unmaps the page."""
+        """Unmaps the pages."""
         self._page.close()
 
 
@@ -212,31 +223,18 @@ def open_canary() -> ForkCanary:
 
 @functools.cache
 def supported() -> bool:
-    """Whether pagemap tells written pages here: the extension is built, pagemap is readable, and a
-    page written after a fork reads as exclusive while its neighbour does not (gVisor and some
-    kernels do not report bit 56)."""
+    """Whether pagemap may tell written pages here: the extension is built, pagemap is readable
+    and reports pages of this process's alone as exclusive. Whether a page shared by a fork reads
+    otherwise, each reference fork checks (`ForkCanary.arm`): finding out here would take a fork
+    of the whole program."""
     if _statepages is None or mmap.PAGESIZE != PAGE_SIZE:
         return False
-    try:
-        return _self_test()
-    except OSError:
-        return False
-
-
-def _self_test() -> bool:
-    # Private, so that the fork gives the sentinel copy-on-write pages (an anonymous mmap is shared
-    # by default).
     buf = mmap.mmap(-1, 2 * PAGE_SIZE, flags=mmap.MAP_PRIVATE)
     try:
-        buf[0] = buf[PAGE_SIZE] = 1  # both pages present before the fork
+        buf[0] = buf[PAGE_SIZE] = 1  # present, and private to this process
         first = _ext().buffer_address(buf) // PAGE_SIZE
-        pages = array("Q", [first, first + 1])
-        if written(pages) != b"\x01\x01":
-            return False
-        with open_sentinel():
-            if written(pages) != b"\x00\x00":
-                return False
-            buf[0] = 2
-            return written(pages) == b"\x01\x00"
+        return written(array("Q", [first, first + 1])) == b"\x01\x01"
+    except OSError:
+        return False
     finally:
         buf.close()

@@ -53,12 +53,13 @@ class Snapshot:
     whether the program forked again since (cow.py).
     """
 
-    def __init__(self, pid: int, release_fd: int) -> None:
+    def __init__(self, pid: int, release_fd: int, canary: cow.ForkCanary | None) -> None:
+        """Right after the fork of child `pid`; `canary` was made just before it."""
         self.pid = pid
         self._release_fd: int | None = release_fd
-        self._canary = cow.open_canary() if cow.supported() else None
-        if self._canary is not None:
-            self._canary.arm()
+        self._canary = canary
+        if canary is not None:
+            canary.arm()
         _HELD.add(release_fd)
 
     @property
@@ -278,13 +279,20 @@ def start_forked(
 ) -> Running:
     """Fork and start `work` in the child; the caller goes on and `wait`s for the answer later
     (see `run_forked` for the arguments)."""
-    if snapshot:
-        cow.supported()  # once per process; its self-test forks: here, not in every child
     read_fd, write_fd = os.pipe()
     release_read, release_write = os.pipe() if snapshot else (None, None)
+    canary = cow.open_canary() if snapshot and cow.supported() else None
     started = time.monotonic()
     parent = os.getpid()
-    pid = fork()
+    try:
+        pid = fork()
+    except BaseException:
+        for fd in (read_fd, write_fd, release_read, release_write):
+            if fd is not None:
+                os.close(fd)
+        if canary is not None:
+            canary.close()
+        raise
     if pid == 0:
         os.close(read_fd)
         if release_write is not None:
@@ -294,7 +302,7 @@ def start_forked(
     held = None
     if release_read is not None and release_write is not None:
         os.close(release_read)
-        held = Snapshot(pid, release_write)
+        held = Snapshot(pid, release_write, canary)
     return Running(pid, read_fd, held, started, on_start)
 
 
