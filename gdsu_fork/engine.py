@@ -99,7 +99,6 @@ class _Update:
             memory=self.child_memory,
             fork=safepoint.quiet_fork,
             on_start=lambda pid: self.emit(Phase.CHILD, f"update child {pid} started", pid=pid),
-            reap_now=mode is not Mode.COMMIT,  # the commit child exits after the pause
             snapshot=snapshot,
         )
 

@@ -253,20 +253,19 @@ def run_forked(
     memory: int | None = None,
     fork: Callable[[], int] = os.fork,
     on_start: Callable[[int], None] | None = None,
-    reap_now: bool = True,
     snapshot: bool = False,
 ) -> ChildResult:
     """Fork, run `work` in the child, and return its bytes or the reason it failed.
 
     `fork` makes the child (the engine's switches off hooks inherited from a pause); `memory`
     caps the child's growth in bytes; `on_start(pid)` lets a watcher follow the process doing
-    the work. A child still running at `timeout` seconds is killed. With `reap_now` False, a
-    child that delivered its whole answer is left for `reap` to collect: its exit (unmapping a
-    copy of a large heap) takes milliseconds that a paused program should not wait for.
+    the work. A child still running at `timeout` seconds is killed. A child that delivered its
+    whole answer is left for `reap` to collect: its exit (unmapping a copy of a large heap) takes
+    milliseconds that neither a paused program nor the next step should wait for.
     `snapshot`: see the module docstring; a successful result then holds the `Snapshot`.
     """
     running = start_forked(work, memory=memory, fork=fork, on_start=on_start, snapshot=snapshot)
-    return running.wait(timeout, reap_now=reap_now)
+    return running.wait(timeout)
 
 
 def start_forked(
@@ -353,9 +352,10 @@ class Running:
         finally:
             os.close(self._read_fd)
 
-    def wait(self, timeout: float, *, reap_now: bool = True) -> ChildResult:
+    def wait(self, timeout: float) -> ChildResult:
         """The child's answer, or the reason there is none; a child still at work `timeout`
-        seconds after it started is killed."""
+        seconds after it started is killed. A child that answered in full is left for `reap`
+        (it decided its exit status before it closed its end of the pipe)."""
         pid, held = self.pid, self._held
         data, timed_out = self._read(self._started + timeout)
         complete = len(data) >= 8 and struct.unpack("!Q", data[:8])[0] == len(data) - 8
@@ -363,9 +363,8 @@ class Running:
             seconds = time.monotonic() - self._started
             if held is not None:
                 return ChildResult(True, payload=data[9:], seconds=seconds, snapshot=held)
-            if not reap_now:
-                _UNREAPED.append(pid)
-                return ChildResult(True, payload=data[9:], seconds=seconds)
+            _UNREAPED.append(pid)
+            return ChildResult(True, payload=data[9:], seconds=seconds)
         if held is not None:
             held.release()
             _UNREAPED.remove(pid)

@@ -22,6 +22,9 @@ from .rewrite import Rewrites
 
 # Below this many positions to look at, the sibling's fork costs more than it saves.
 PARALLEL_FROM = 20_000
+# The sibling's share of the positions: a little less than half, since it also packs its results
+# by name and the child unpacks them (about a tenth of the migration's time, measured at 100k).
+SIBLING_SHARE = 0.45
 
 
 def worth_splitting(migration: Migration, positions: int) -> bool:
@@ -48,8 +51,8 @@ def migrate(
     if not worth_splitting(migration, len(positions)):
         migration.migrate_positions(objects, positions)
         return
-    half = len(positions) // 2
-    first, rest = positions[:half], positions[half:]
+    share = int(len(positions) * SIBLING_SHARE)
+    first, rest = positions[:share], positions[share:]
     sibling = isolate.start_forked(lambda: _migrate_half(migration, objects, first, rewrites))
     isolate.announce(sibling.pid)
     migration.migrate_positions(objects, rest)
