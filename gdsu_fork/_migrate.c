@@ -2,7 +2,7 @@
 
    For each instance of a plain class (a __dict__, no slots, same layout): the blank instance of
    the new class filled by name, the policy's call, and the record of what changed in the bulk
-   delta — what Migration._migrate_plain does, without the interpreter's bookkeeping around the
+   delta — what Migration._migrate_whole and _finish do, without the interpreter's bookkeeping around the
    policy. Anything out of the ordinary (a class without a fast plan yet, a result class not yet
    checked, a result without a plain __dict__, a group not made yet) goes back to the Python
    code, which handles that one instance and calls in again: the rules live there, this loop
@@ -85,7 +85,17 @@ changed_values(PyObject *old_state, PyObject *result_state, PyObject *from_attr)
                 source = old_key;
             }
         }
-        PyObject *entry = source == NULL ? Py_NewRef(value) : PyObject_CallOneArg(from_attr, source);
+        PyObject *entry;
+        if (source == NULL) {
+            entry = Py_NewRef(value);
+        }
+        else {  /* Python code runs: hold what the dicts lend us */
+            Py_INCREF(key);
+            Py_INCREF(source);
+            entry = PyObject_CallOneArg(from_attr, source);
+            Py_DECREF(source);
+            Py_DECREF(key);
+        }
         if (entry == NULL || PyDict_SetItem(changed, key, entry) < 0) {
             Py_XDECREF(entry);
             goto error;
@@ -420,6 +430,10 @@ migrate_one(Loop *loop, PyObject *plans, PyObject *affected, Py_ssize_t i, PyObj
         }
         int hit = PySet_Contains(affected, cls);
         return hit < 0 ? -1 : hit ? WHOLE : SKIPPED;
+    }
+    if (!PyTuple_Check(plan) || PyTuple_GET_SIZE(plan) != P_SIZE) {
+        PyErr_SetString(PyExc_TypeError, "a fast plan is the tuple _ClassPlan.fast_entry() makes");
+        return -1;
     }
     PyObject *old_state = PyObject_GetAttr(obj, str_dict);
     if (old_state == NULL) {
