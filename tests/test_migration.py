@@ -61,6 +61,31 @@ def test_thousands_of_instances_each_migrate_by_their_own_state(scenario):
     assert len({id(a.tags) for a in accounts}) == len(accounts)
 
 
+def test_instances_changing_in_many_ways_each_get_their_own_change(scenario):
+    """More groups than the migration loop keeps at hand, and more removed names than it
+    tracks itself: each instance still gets exactly its own change."""
+    scn = scenario("mig_fields")
+    mod = scn.module
+    accounts = [mod.Account(f"o{i}", i, legacy="l") for i in range(2_000)]
+    for i, account in enumerate(accounts):
+        vars(account).update({f"x{k}": k for k in range(20)})
+        if i % 50 == 0:
+            vars(account).update({f"y{k}": k for k in range(40)})
+    extra = (
+        f"@patch.migrate({scn.module_name + ':Account'!r})\n"
+        "def drop_some(old, new, env):\n"
+        "    del vars(new)[f'x{int(old.owner[1:]) % 20}']\n"
+        "    for name in [n for n in vars(new) if n.startswith('y')]:\n"
+        "        del vars(new)[name]\n"
+        "    return new\n"
+    )
+    report = committed(gdsu_fork.update(scn.patch_file(extra=extra)))
+    assert report.migrated == len(accounts)
+    for i, account in enumerate(accounts):
+        expected = {"owner": f"o{i}", **{f"x{k}": k for k in range(20) if k != i % 20}}
+        assert vars(account) == expected
+
+
 def test_removed_field_is_dropped_by_the_default_policy(scenario):
     scn = scenario("mig_fields")
     account = scn.module.Account("ada", 10, legacy="x")
