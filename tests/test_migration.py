@@ -11,19 +11,23 @@ import gdsu_fork
 from gdsu_fork import Outcome
 
 
+def account_policy(scn) -> str:
+    """A patch line giving Account a composed policy: renamed, added, dropped fields."""
+    return (
+        f"patch.migrate({scn.module_name + ':Account'!r}, policies.Rename(amount='balance')"
+        " | policies.AddDefault('currency', 'EUR')"
+        " | policies.AddDefault('tags', factory=list)"
+        " | policies.Drop('legacy'))\n"
+    )
+
+
 def test_added_renamed_removed_fields(scenario):
     scn = scenario("mig_fields")
     mod = scn.module
     accounts = [mod.Account("ada", 10, legacy="x"), mod.Account("bob", 5, legacy="y")]
     by_owner = {a.owner: a for a in accounts}
     holder = {"first": accounts[0]}
-    name = f"{scn.module_name}:Account"
-    extra = (
-        f"patch.migrate({name!r}, policies.Rename(amount='balance')"
-        " | policies.AddDefault('currency', 'EUR')"
-        " | policies.AddDefault('tags', factory=list)"
-        " | policies.Drop('legacy'))\n"
-    )
+    extra = account_policy(scn)
     report = committed(gdsu_fork.update(scn.patch_file(extra=extra)))
     assert report.migrated == 2
     first = accounts[0]
@@ -44,13 +48,7 @@ def test_thousands_of_instances_each_migrate_by_their_own_state(scenario):
         elif i % 3 == 2:
             account.legacy = account.amount  # the renamed value, under a dropped name too
     ids = list(map(id, accounts))
-    name = f"{scn.module_name}:Account"
-    extra = (
-        f"patch.migrate({name!r}, policies.Rename(amount='balance')"
-        " | policies.AddDefault('currency', 'EUR')"
-        " | policies.AddDefault('tags', factory=list)"
-        " | policies.Drop('legacy'))\n"
-    )
+    extra = account_policy(scn)
     report = committed(gdsu_fork.update(scn.patch_file(extra=extra)))
     assert report.migrated == len(accounts) and list(map(id, accounts)) == ids
     for i, account in enumerate(accounts):
