@@ -16,36 +16,59 @@ result referring to another object of the program cannot travel so: then nothing
 from __future__ import annotations
 
 import dataclasses
-import pickle
+import struct
 from array import array
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import byname, cow
 from .bulk import BulkMigration, Listing
 from .isolate import Snapshot
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
 
 
 @dataclasses.dataclass(frozen=True)
 class Ahead:
     """What the rehearsal child sends for the pause to reuse (plain bytes and arrays)."""
 
-    pages: bytes  # cow.StatePages of every marked object, taken before any migration touched it
-    starts: bytes
-    bulk: bytes  # the reusable migrations, pickled by name
-    others: bytes  # array("q") of marked positions without a reusable migration
+    pages: memoryview  # cow.StatePages of every marked object, before any migration touched it
+    starts: memoryview
+    bulk: bytes | memoryview  # the reusable migrations, pickled by name
+    others: memoryview  # array("q") of marked positions without a reusable migration
     count: int  # reusable migrations
 
     def encode(self) -> bytes:
-        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+        """The fields one after the other behind their sizes: a few megabytes at 100k
+        instances, copied once (pickling them cost several milliseconds of page faults)."""
+        parts = [memoryview(p).cast("B") for p in (self.pages, self.starts, self.bulk, self.others)]
+        header = _HEADER.pack(_MAGIC, self.count, *(len(p) for p in parts))
+        return b"".join([header, *parts])
 
     @staticmethod
-    def decode(data: bytes) -> Ahead:
-        ahead = pickle.loads(data)
-        if not isinstance(ahead, Ahead):
-            msg = f"expected the rehearsal's migrations, got {type(ahead).__name__}"
-            raise TypeError(msg)
-        return ahead
+    def decode(data: Buffer) -> Ahead:
+        """The fields as views into `data` (no copy)."""
+        view = memoryview(data).cast("B")
+        if len(view) < _HEADER.size or _HEADER.unpack_from(view)[0] != _MAGIC:
+            msg = "expected the rehearsal's migrations"
+            raise ValueError(msg)
+        _, count, *sizes = _HEADER.unpack_from(view)
+        if _HEADER.size + sum(sizes) != len(view):
+            msg = (
+                f"the rehearsal's migrations are {len(view)} bytes, not {_HEADER.size + sum(sizes)}"
+            )
+            raise ValueError(msg)
+        fields, at = [], _HEADER.size
+        for size in sizes:
+            fields.append(view[at : at + size])
+            at += size
+        pages, starts, bulk, others = fields
+        return Ahead(pages, starts, bulk, others, count)
+
+
+_MAGIC = 0x67647375_61686561  # "gdsuahea"
+_HEADER = struct.Struct("=QQQQQQ")  # magic, count, then the four sizes
 
 
 def state_pages(objects: Sequence[Any]) -> cow.StatePages | None:
@@ -78,10 +101,10 @@ def capture(
     if len(mine) < len(objects):
         others.extend(sorted(set(range(len(objects))).difference(mine.indices())))
     return Ahead(
-        pages=pages.pages.tobytes(),
-        starts=pages.starts.tobytes(),
+        pages=pages.pages,
+        starts=pages.starts,
         bulk=data,
-        others=others.tobytes(),
+        others=memoryview(others),
         count=len(mine),
     ).encode()
 
@@ -118,5 +141,6 @@ class Reuse:
         written = set(written)
         if written:
             bulk = bulk.without(written)
-        others = set(array("q", ahead.others))
-        return cls(bulk, sorted(others | written), marked)
+        others = array("q")
+        others.frombytes(ahead.others)
+        return cls(bulk, sorted(written.union(others)), marked)

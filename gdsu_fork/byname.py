@@ -73,7 +73,7 @@ def dumps(bulk: BulkMigration, made: set[int], replacements: dict[int, Any]) -> 
     return buffer.getvalue()
 
 
-def loads(data: bytes, replacements: dict[int, Any]) -> BulkMigration:
+def loads(data: bytes | memoryview, replacements: dict[int, Any]) -> BulkMigration:
     """A bulk migration from `dumps`, its names resolved here (after the new environment is
     built). A name resolves to the new version of a class this update keeps: `replacements`
     turns it back into the live class, as the instances' own class must be."""

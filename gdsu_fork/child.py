@@ -93,13 +93,16 @@ class Analysis:
 
 
 def pack(analysis: Analysis, delta: bytes = b"") -> bytes:
-    """The child's answer: a length-prefixed JSON analysis, then the delta."""
+    """The child's answer: a length-prefixed JSON analysis, then the delta. The JSON is padded
+    with spaces so that the delta starts at a multiple of 8 bytes (it may hold uint64 arrays,
+    read in place)."""
     header = json.dumps(dataclasses.asdict(analysis)).encode()
-    return struct.pack("!I", len(header)) + header + delta
+    header += b" " * (-(4 + len(header)) % 8)
+    return b"".join([struct.pack("!I", len(header)), header, delta])
 
 
-def unpack(data: bytes) -> tuple[Analysis, bytes]:
-    """Split the child's answer (parent side)."""
+def unpack(data: bytes) -> tuple[Analysis, memoryview]:
+    """Split the child's answer (parent side); the delta is a view into `data`, not a copy."""
     (size,) = struct.unpack("!I", data[:4])
     fields = json.loads(data[4 : 4 + size])
     analysis = Analysis(
@@ -113,7 +116,7 @@ def unpack(data: bytes) -> tuple[Analysis, bytes]:
         deferred=fields["deferred"],
         reused=fields["reused"],
     )
-    return analysis, data[4 + size :]
+    return analysis, memoryview(data)[4 + size :]
 
 
 def _is_main_guard(node: ast.stmt) -> bool:

@@ -302,7 +302,7 @@ class _DeltaUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(msg)
 
 
-def decode(data: bytes) -> Delta:
+def decode(data: bytes | memoryview) -> Delta:
     """Rebuild a delta in the process that was forked from (or is) the child's parent.
 
     Must run while the heap is as it was at the fork: paused, collector off.
