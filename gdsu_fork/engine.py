@@ -16,7 +16,6 @@ import threading
 import time
 import types
 from collections.abc import Iterator
-from itertools import compress
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from . import STARTUP_FROZEN, cow, safepoint
 from . import ahead as ahead_
 from . import analysis as analysis_
 from . import delta as delta_codec
+from ._assign import of_types
 from .bulk import Listing
 from .child import Analysis, Job, Mode, unpack
 from .child import run as child_run
@@ -340,7 +340,7 @@ def _needed(analysis: Analysis, listing: list[Any]) -> list[Any]:
     kinds = analysis_.subclasses_of({c for c in classes if isinstance(c, type)})
     if analysis.nested:
         kinds.add(types.FunctionType)
-    return list(compress(listing, map(kinds.__contains__, map(type, listing))))
+    return of_types(listing, kinds)
 
 
 def _allowed_codes(allowed: list[tuple[str, str]]) -> set[types.CodeType]:

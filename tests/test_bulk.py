@@ -5,6 +5,7 @@ from __future__ import annotations
 from array import array
 
 import pytest
+from gdsu_fork._assign import of_types
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -101,3 +102,13 @@ def test_groups_are_arrays_of_positions():
     (group,) = bulk.groups.values()
     assert isinstance(group, array) and list(group) == [5, 9]
     assert bulk.old_classes() == {Old} and len(bulk) == 2
+
+
+@given(st.lists(st.sampled_from([Old, New, Slotted, int, str]), max_size=60))
+def test_of_types_keeps_exactly_the_given_classes_in_order(kinds_in_order):
+    """The heap mark's pick of affected instances: exact classes, not subclasses."""
+    makers = {Old: lambda: Old(1, 2), New: lambda: New(1, 2), Slotted: Slotted, int: int, str: str}
+    objects = [makers[kind]() for kind in kinds_in_order]
+    wanted = {Old, Slotted}
+    picked = of_types(objects, wanted)
+    assert list(map(id, picked)) == [id(o) for o in objects if type(o) in wanted]
