@@ -499,8 +499,9 @@ done:
 
    Migrates taken[cursor[0]:] (the objects at `positions`). `plans` maps a live class to its
    fast plan; instances of other classes in `affected` stop the loop (WHOLE), others are
-   skipped. On return, and on an exception, cursor is [the instance it stopped at, how many it
-   migrated]. */
+   skipped. It stops with (FINISH, result) when the Python code must finish an instance with the
+   policy's `result`, with (WHOLE, None) when it must migrate the instance itself. On return, and
+   on an exception, cursor is [the instance it stopped at, how many it migrated]. */
 static PyObject *
 run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -582,5 +583,9 @@ PyInit__migrate(void)
     if (str_dict == NULL || str_append == NULL || empty_tuple == NULL) {
         return NULL;
     }
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "FINISH", FINISH) < 0) {
+        Py_CLEAR(m);
+    }
+    return m;
 }

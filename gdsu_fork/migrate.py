@@ -62,9 +62,6 @@ def _reads_new(policy: Any) -> bool:
 _LOCAL_OPCODES = frozenset(dis.haslocal)
 
 
-_FINISH = 3  # the C loop called the policy and hands the result over (see _migrate.c)
-
-
 class _Draft:
     """Collects the fields of a tuple-based instance (a NamedTuple), built once they are known."""
 
@@ -269,7 +266,7 @@ class Migration:
             status, result = stop
             obj = taken[at]
             plan = self._plans.get(type(obj))
-            if status == _FINISH and plan is not None:
+            if status == _migrate.FINISH and plan is not None:
                 self._finish(positions[at], obj, plan, obj.__dict__, result)
                 cursor[0] = at + 1
             else:

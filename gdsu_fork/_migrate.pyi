@@ -1,0 +1,19 @@
+"""The migration's loop over plain instances (`_migrate.c`)."""
+
+from typing import Any
+
+FINISH: int
+
+def run(
+    cursor: list[int],
+    taken: list[Any],
+    positions: Any,
+    plans: dict[type, tuple[Any, ...]],
+    affected: set[type],
+    env: Any,
+    replacements: dict[int, Any],
+    keep: list[Any],
+    changed: dict[int, Any],
+    from_attr: type,
+    keep_pairs: bool,
+) -> tuple[int, Any] | None: ...
