@@ -448,9 +448,19 @@ def test_fork_canary_tells_a_later_fork_while_its_child_lives() -> None:
         assert not canary.forked_since()
 
 
+@needs_cow
+def test_a_canary_armed_without_a_fork_trusts_nothing() -> None:
+    """Its check at the reference fork: pages shared with no child cannot tell writes apart."""
+    with cow.open_canary() as canary:
+        canary.arm()
+        assert canary.forked_since()
+
+
 @needs_pagemap
 def test_supported_here() -> None:
-    assert cow.supported(), "pagemap is readable but the bit-56 self-test failed on this machine"
+    assert cow.supported(), (
+        "pagemap is readable but does not report this process's pages as exclusive"
+    )
 
 
 # ---- state_pages without forks ---------------------------------------------------------------
