@@ -1,4 +1,4 @@
-/* The migration's hot loop (migrate.py), in C.
+/* The migration's hot loop (migrate.py), in C, and Env.instance's path for plain classes.
 
    For each instance of a plain class (a __dict__, no slots, same layout): the blank instance of
    the new class filled by name, the policy's call, and the record of what changed in the bulk
@@ -562,10 +562,50 @@ run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* instance(plain, fallback, cls, /, **attrs): Env.instance for the classes in `plain` (made by
+   object.__new__, a plain __dict__: the set Env.instance fills), without a Python frame or a
+   dict for the keyword arguments; any other class goes to fallback(cls, **attrs). */
+static PyObject *
+instance(PyObject *module, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 3 || !PyAnySet_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "instance(plain: set, fallback, cls, /, **attrs)");
+        return NULL;
+    }
+    PyObject *cls = args[2];
+    int plain = PySet_Contains(args[0], cls);
+    if (plain < 0) {
+        return NULL;
+    }
+    if (!plain || !PyType_Check(cls)) {
+        return PyObject_Vectorcall(args[1], args + 2, 1, kwnames);
+    }
+    PyObject *obj = PyBaseObject_Type.tp_new((PyTypeObject *)cls, empty_tuple, NULL);
+    if (obj == NULL || kwnames == NULL) {
+        return obj;
+    }
+    PyObject *namespace = PyObject_GetAttr(obj, str_dict);
+    int failed = namespace == NULL || !PyDict_Check(namespace);
+    for (Py_ssize_t k = 0; !failed && k < PyTuple_GET_SIZE(kwnames); k++) {
+        failed = PyDict_SetItem(namespace, PyTuple_GET_ITEM(kwnames, k), args[nargs + k]) < 0;
+    }
+    Py_XDECREF(namespace);
+    if (failed) {
+        if (!PyErr_Occurred()) {
+            PyErr_Format(PyExc_TypeError, "%R has no plain __dict__", cls);
+        }
+        Py_CLEAR(obj);
+    }
+    return obj;
+}
+
 static PyMethodDef methods[] = {
     {"run", (PyCFunction)(void (*)(void))run, METH_FASTCALL,
      "run(cursor, taken, positions, plans, affected, env, replacements, keep, changed, "
      "from_attr, keep_pairs): the migration loop over plain instances (migrate.py)."},
+    {"instance", (PyCFunction)(void (*)(void))instance, METH_FASTCALL | METH_KEYWORDS,
+     "instance(plain, fallback, cls, /, **attrs): Env.instance's path for plain classes."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,5 +1,7 @@
-"""The migration's loop over plain instances (`_migrate.c`)."""
+"""The migration's loop over plain instances, and Env.instance's path for plain classes
+(`_migrate.c`)."""
 
+from collections.abc import Callable
 from typing import Any
 
 FINISH: int
@@ -17,3 +19,4 @@ def run(
     from_attr: type,
     keep_pairs: bool,
 ) -> tuple[int, Any] | None: ...
+def instance(plain: set[type], fallback: Callable[..., Any], cls: type, /, **attrs: Any) -> Any: ...

@@ -7,6 +7,7 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
+from . import _migrate
 from .errors import PatchError
 from .patch import Target
 from .policies import set_field
@@ -150,6 +151,9 @@ class Env:
         self._pairs: dict[str, list[tuple[Any, type, dict[str, Any], Any]]] = {}
         self.old_versions = OldVersions()
         self._plain: set[type] = set()  # classes whose instances env.instance makes directly
+        # A policy calls env.instance once per instance: for the classes in _plain, a C function
+        # (no Python frame, no dict for the keyword arguments) shadows the method below.
+        self.instance = functools.partial(_migrate.instance, self._plain, self._instance)  # type: ignore[method-assign]
 
     def forget_lookups(self) -> None:
         """Drop cached `old`/`new` lookups: after the child applied the delta, new classes are
@@ -161,12 +165,11 @@ class Env:
         """Fields `cls` (or a base) declared before the update and not after; set per update."""
         return frozenset()
 
-    def instance(self, cls: type, **attrs: Any) -> Any:
+    def instance(self, cls: type, /, **attrs: Any) -> Any:
         """A blank instance of `cls` (no `__init__` runs), with `attrs` set, frozen classes too."""
-        if cls in self._plain:  # the per-instance path of a large migration
-            obj = cls.__new__(cls)
-            obj.__dict__.update(attrs)
-            return obj
+        return self._instance(cls, **attrs)
+
+    def _instance(self, cls: type, /, **attrs: Any) -> Any:
         obj = blank(cls)
         namespace = getattr(obj, "__dict__", None)
         if namespace is not None and not slot_names(cls):

@@ -360,3 +360,31 @@ def test_validations_see_the_classes_of_the_committed_environment(scenario):
     )
     committed(gdsu_fork.update(scn.patch_file(extra=extra)))
     assert type(message) is scn.module.ChUserMessage
+
+
+class _WithProperty:
+    @property
+    def shown(self) -> str:
+        return "computed"
+
+
+class _Counted:
+    made = 0
+
+    def __new__(cls):
+        cls.made += 1
+        return super().__new__(cls)
+
+
+def test_env_instance_is_the_same_on_its_first_and_later_calls():
+    """Later calls for a plain class take a C path: same result as the first, Python one."""
+    from gdsu_fork.env import Env
+
+    env = Env({}, {})
+    first, later = (env.instance(_WithProperty, a=1, cls="c") for _ in range(2))
+    for obj in (first, later):
+        assert type(obj) is _WithProperty and vars(obj) == {"a": 1, "cls": "c"}
+    assert type(env.instance(_WithProperty)) is _WithProperty  # no attributes at all
+    for _ in range(3):  # a class with its own __new__ keeps going through it
+        env.instance(_Counted, x=1)
+    assert _Counted.made == 3
