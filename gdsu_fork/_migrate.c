@@ -20,13 +20,17 @@ enum { P_NEW, P_TARGET, P_DROPPED, P_POLICY, P_CHECKED, P_GROUPS, P_PAIRS, P_SIZ
 enum { SKIPPED, MIGRATED, WHOLE, FINISH };
 
 /* The blank instance of the plan's class holding the old fields it still declares; NULL with
-   no exception set when it has no plain __dict__ (the Python code then takes the instance). */
+   no exception set when the class's __new__ wants arguments or the instance has no plain
+   __dict__ (the Python code then takes the instance, as env.blank does). */
 static PyObject *
 by_name(PyObject *plan, PyObject *old_state)
 {
     PyObject *new = PyObject_CallOneArg(PyTuple_GET_ITEM(plan, P_NEW),
                                         PyTuple_GET_ITEM(plan, P_TARGET));
     if (new == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+        }
         return NULL;
     }
     PyObject *namespace = PyObject_GetAttr(new, str_dict);

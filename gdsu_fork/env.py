@@ -152,8 +152,10 @@ class Env:
         self.old_versions = OldVersions()
         self._plain: set[type] = set()  # classes whose instances env.instance makes directly
         # A policy calls env.instance once per instance: for the classes in _plain, a C function
-        # (no Python frame, no dict for the keyword arguments) shadows the method below.
-        self.instance = functools.partial(_migrate.instance, self._plain, self._instance)  # type: ignore[method-assign]
+        # (no Python frame, no dict for the keyword arguments) stands before the method below.
+        self.instance = functools.partial(  # type: ignore[method-assign]
+            _migrate.instance, self._plain, types.MethodType(Env.instance, self)
+        )
 
     def forget_lookups(self) -> None:
         """Drop cached `old`/`new` lookups: after the child applied the delta, new classes are
@@ -166,10 +168,8 @@ class Env:
         return frozenset()
 
     def instance(self, cls: type, /, **attrs: Any) -> Any:
-        """A blank instance of `cls` (no `__init__` runs), with `attrs` set, frozen classes too."""
-        return self._instance(cls, **attrs)
-
-    def _instance(self, cls: type, /, **attrs: Any) -> Any:
+        """A blank instance of `cls` (no `__init__` runs), with `attrs` set, frozen classes too.
+        Also decides which classes are plain (see `__init__`)."""
         obj = blank(cls)
         namespace = getattr(obj, "__dict__", None)
         if namespace is not None and not slot_names(cls):

@@ -288,21 +288,20 @@ class Migration:
             self._migrate_one(index, obj, plan)
             return 1
         old_state = obj.__dict__
-        if plan.wants_new:
-            new = plan.target.__new__(plan.target)
-            dropped = plan.dropped
-            new.__dict__.update(
-                {k: v for k, v in old_state.items() if k not in dropped} if dropped else old_state
-            )
-        else:
-            new = None
+        new = self._by_name(plan, old_state) if plan.wants_new else None
+        self._finish(index, obj, plan, old_state, self._call_policy(plan, obj, new))
+        return 1
+
+    def _call_policy(self, plan: _ClassPlan, obj: Any, new: Any) -> Any:
+        """The policy's result for `obj` (`new` without a policy); its exception names the
+        instance."""
+        if plan.policy is None:
+            return new
         try:
-            result = plan.policy(obj, new, self.env) if plan.policy is not None else new
+            return plan.policy(obj, new, self.env)
         except Exception as exc:
             self._note(exc, obj)
             raise
-        self._finish(index, obj, plan, old_state, result)
-        return 1
 
     def _note(self, exc: Exception, obj: Any) -> None:
         exc.add_note(
@@ -362,13 +361,7 @@ class Migration:
         """The general path: slots, named tuples, layout changes, removed classes."""
         old_state = state_of(obj)
         new = None if plan.removed_as is not None else self._by_name(plan, old_state)
-        try:
-            result = plan.policy(obj, new, self.env) if plan.policy is not None else new
-        except Exception as exc:
-            exc.add_note(
-                f"while migrating {qualified(plan.cls)} instance #{self.count + 1}: {short_repr(obj)}"
-            )
-            raise
+        result = self._call_policy(plan, obj, new)
         if isinstance(result, _Draft):
             result = plan.target(**vars(result))
         if type(result) not in plan.checked:
